@@ -1,0 +1,281 @@
+"""The one typed, frozen configuration of a run.
+
+Binaries turn absl flags into a `Config` (see `flag_defs.py`); library code only
+ever reads a `Config`. The resolved config is written to `model_dir/config.json`
+before anything else, so a run directory always says how it was made.
+
+Paper symbols are given next to the readable names: B_S, B_T, B_P, M_S, n, n',
+beta, gamma (Zhu et al., "Learning to Transfer Learn", Appendix A).
+"""
+
+import dataclasses
+import enum
+import json
+from typing import Any, Optional
+
+
+class Mode(str, enum.Enum):
+  """What a training run optimises.
+
+  scratch:  target loss only, random init (alpha_s = 0, alpha_t = 1).
+  pretrain: source loss only, lambda = 1 (the N_S pre-training steps of Eq. 3).
+  finetune: target loss only, encoder warm-started from a pretrained run.
+  l2tl:     the joint loss of Eq. 1 with lambda and alpha_s from the policy,
+            which is updated by REINFORCE every step.
+  uniform:  ablation of Sec. 5.1.2: lambda = 1 for every class, alpha_s learned.
+  random:   ablation of Sec. 5.1.2 (random search): lambda sampled from the
+            initial uniform policy and never learned; alpha_s still learned.
+  """
+  SCRATCH = 'scratch'
+  PRETRAIN = 'pretrain'
+  FINETUNE = 'finetune'
+  L2TL = 'l2tl'
+  UNIFORM = 'uniform'
+  RANDOM = 'random'
+
+  @property
+  def uses_source(self) -> bool:
+    return self in (Mode.PRETRAIN, Mode.L2TL, Mode.UNIFORM, Mode.RANDOM)
+
+  @property
+  def uses_target(self) -> bool:
+    return self is not Mode.PRETRAIN
+
+  @property
+  def uses_policy(self) -> bool:
+    """Whether actions are sampled and a reward is computed every step."""
+    return self in (Mode.L2TL, Mode.UNIFORM, Mode.RANDOM)
+
+  @property
+  def learns_lambda(self) -> bool:
+    return self is Mode.L2TL
+
+  @property
+  def samples_lambda(self) -> bool:
+    """Whether lambda comes from the policy (and so top-B_S selection runs)."""
+    return self in (Mode.L2TL, Mode.RANDOM)
+
+  @property
+  def learns_alpha(self) -> bool:
+    return self in (Mode.L2TL, Mode.UNIFORM, Mode.RANDOM)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the three streams come from and how images are prepared."""
+  # Dataset specs: a TFRecord file pattern or `tfds:NAME/SPLIT`.
+  source_train: str = ''
+  target_train: str = ''
+  # Empty: carve `val_examples_per_class` per class out of target_train.
+  target_val: str = ''
+  target_test: str = ''
+  tfds_data_dir: Optional[str] = None
+  # Subtracted from stored labels (1 for 1-based ImageNet TFRecords).
+  source_label_offset: int = 0
+  target_label_offset: int = 0
+  source_num_classes: int = 0
+  target_num_classes: int = 0
+  # Text file, one class name per line. Empty: `class_names.txt` next to the
+  # source files if present, else TFDS label names, else the class ids.
+  source_class_names: str = ''
+  image_size: int = 299
+  # Channels the encoder sees; grayscale and RGB files are converted to it.
+  num_channels: int = 3
+  # k-shot: keep this many target training examples per class (0 = all).
+  examples_per_class: int = 0
+  # Per-class size of the validation carve-out when target_val is empty.
+  val_examples_per_class: int = 0
+  # 'auto' picks 'inception' for images >= 96 px and 'pad_crop' below.
+  train_crop: str = 'auto'
+  random_flip: bool = True
+  shuffle_buffer: int = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The encoder g and the heads h_S, h_T."""
+  backbone: str = 'inception_v3'
+  # Local weights file for keras.applications backbones (nothing downloads).
+  backbone_weights: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  """The input-free policy over lambda (per source class) and alpha_s."""
+  # n: lambda levels k/(n-1), k = 0..n-1 (the paper's Fig. 5 sweeps 6..101).
+  num_lambda_levels: int = 11
+  # n': alpha_s levels beta*k'/(n'-1).
+  num_alpha_levels: int = 100
+  alpha_beta: float = 0.5
+  # 'paper': levels k/(n-1) and beta*k'/(n'-1). 'official': the released
+  # code's k/n and k'/alpha_divisor.
+  level_values: str = 'paper'
+  alpha_divisor: float = 100.0
+  # gamma: b <- (1 - gamma) * b + gamma * R. The official code used 0.1.
+  baseline_decay: float = 0.05
+  # 'paper': advantage against the baseline before this step's reward, the
+  # baseline starting at the first reward. 'official': zero-debiased EMA that
+  # already includes this step's reward.
+  baseline_style: str = 'paper'
+  learning_rate: float = 1e-4
+  # 'sum': log-prob of the joint action (REINFORCE). 'mean': the official
+  # code's mean over source classes.
+  log_prob_reduction: str = 'sum'
+  # 'accuracy' (top-1) or 'auc' (mean one-vs-rest AUC).
+  reward_metric: str = 'accuracy'
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """SGD with momentum for encoder and heads; cosine decay after warm-up."""
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 4e-5
+  warmup_steps: int = 2_000
+  # 'none': loss_S = alpha_s * sum_j lambda_j L_j / B_S (Eq. 1).
+  # 'mean_one': kept weights rescaled to mean 1 (the official code).
+  source_weight_normalization: str = 'none'
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that shapes a run."""
+  mode: Mode = Mode.L2TL
+  model_dir: str = ''
+  warm_start_from: str = ''
+  seed: int = 0
+  train_steps: int = 20_000
+  # B_T; B_S = source_batch_ratio * B_T, B_P = reward_batch_ratio * B_T.
+  batch_size: int = 256
+  source_batch_ratio: float = 1.0
+  reward_batch_ratio: float = 4.0
+  # M_S: source candidates per kept source example.
+  source_batch_multiplier: int = 5
+  eval_batch_size: int = 256
+  steps_per_loop: int = 100
+  checkpoint_every: int = 1_000
+  keep_checkpoints: int = 5
+  strategy: str = 'default'
+  tpu: str = ''
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  policy: PolicyConfig = PolicyConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+
+  @property
+  def target_batch_size(self) -> int:
+    """B_T, global."""
+    return self.batch_size
+
+  @property
+  def source_batch_size(self) -> int:
+    """B_S, global: the source examples trained on per step."""
+    return int(round(self.source_batch_ratio * self.batch_size))
+
+  @property
+  def source_candidate_batch_size(self) -> int:
+    """M_S * B_S, global: the source examples drawn per step."""
+    multiplier = self.source_batch_multiplier if self.mode.samples_lambda else 1
+    return multiplier * self.source_batch_size
+
+  @property
+  def reward_batch_size(self) -> int:
+    """B_P, global."""
+    return int(round(self.reward_batch_ratio * self.batch_size))
+
+  def to_dict(self) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'Config':
+    """Inverse of `to_dict`; unknown keys are an error, not silently dropped."""
+    nested = {'data': DataConfig, 'model': ModelConfig, 'policy': PolicyConfig,
+              'optimizer': OptimizerConfig}
+    kwargs = {}
+    for key, value in values.items():
+      if key in nested:
+        kwargs[key] = nested[key](**value)
+      elif key == 'mode':
+        kwargs[key] = Mode(value)
+      else:
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _enum_value(value):
+  if isinstance(value, enum.Enum):
+    return value.value
+  raise TypeError(f'{value!r} is not JSON serialisable')
+
+
+# Settings that may differ when a run directory is reused: they change how
+# long or how visibly a run goes, not what it computes.
+RESUMABLE_CHANGES = frozenset({
+    'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
+    'eval_batch_size', 'data.target_test', 'strategy', 'tpu'})
+
+
+def validate(config: Config) -> None:
+  """Raises ValueError naming the setting and the fix for an unusable config.
+
+  Only checks that need no data: data-dependent checks live in the input
+  pipeline, and both run before the first training step.
+  """
+  data, policy, optimizer = config.data, config.policy, config.optimizer
+  _require(config.model_dir, '--model_dir is required.')
+  _require(config.train_steps > 0, f'--train_steps={config.train_steps} must be > 0.')
+  _require(config.batch_size > 0, f'--batch_size={config.batch_size} must be > 0.')
+  _require(config.source_batch_multiplier >= 1,
+           f'--source_batch_multiplier={config.source_batch_multiplier} must be >= 1.')
+  _require(config.steps_per_loop > 0, f'--steps_per_loop={config.steps_per_loop} must be > 0.')
+  if config.mode.uses_source:
+    _require(data.source_train, f'--mode={config.mode.value} needs --source_train.')
+    _require(data.source_num_classes > 1,
+             f'--mode={config.mode.value} needs --source_num_classes > 1.')
+    _require(config.source_batch_size > 0,
+             f'--source_batch_ratio={config.source_batch_ratio} gives B_S = 0.')
+  if config.mode.uses_target:
+    _require(data.target_train, f'--mode={config.mode.value} needs --target_train.')
+    _require(data.target_num_classes > 1,
+             f'--mode={config.mode.value} needs --target_num_classes > 1.')
+  if config.mode.uses_policy:
+    _require(data.target_val or data.val_examples_per_class > 0,
+             f'--mode={config.mode.value} needs a reward set: --target_val, or '
+             '--val_examples_per_class > 0 to carve one out of --target_train.')
+    _require(config.reward_batch_size > 0,
+             f'--reward_batch_ratio={config.reward_batch_ratio} gives B_P = 0.')
+  _require(config.mode is not Mode.FINETUNE or config.warm_start_from,
+           '--mode=finetune needs --warm_start_from (a pretrain run dir or checkpoint).')
+  _require(policy.num_lambda_levels >= 2,
+           f'--num_lambda_levels={policy.num_lambda_levels} must be >= 2.')
+  _require(policy.num_alpha_levels >= 2,
+           f'--num_alpha_levels={policy.num_alpha_levels} must be >= 2.')
+  _require(policy.level_values in ('paper', 'official'),
+           f"--policy_level_values={policy.level_values!r}: use 'paper' or 'official'.")
+  _require(policy.baseline_style in ('paper', 'official'),
+           f"--baseline_style={policy.baseline_style!r}: use 'paper' or 'official'.")
+  _require(0.0 < policy.baseline_decay <= 1.0,
+           f'--baseline_decay={policy.baseline_decay} must be in (0, 1].')
+  _require(policy.log_prob_reduction in ('sum', 'mean'),
+           f"--log_prob_reduction={policy.log_prob_reduction!r}: use 'sum' or 'mean'.")
+  _require(policy.reward_metric in ('accuracy', 'auc'),
+           f"--reward_metric={policy.reward_metric!r}: use 'accuracy' or 'auc'.")
+  _require(optimizer.source_weight_normalization in ('none', 'mean_one'),
+           f'--source_weight_normalization={optimizer.source_weight_normalization!r}: '
+           "use 'none' or 'mean_one'.")
+  _require(0 <= optimizer.warmup_steps,
+           f'--warmup_steps={optimizer.warmup_steps} must be >= 0.')
+  _require(data.train_crop in ('auto', 'inception', 'pad_crop', 'none'),
+           f"--train_crop={data.train_crop!r}: use auto, inception, pad_crop or none.")
+  _require(data.num_channels in (1, 3),
+           f'--num_channels={data.num_channels} must be 1 or 3.')
+  _require(data.image_size >= 8, f'--image_size={data.image_size} must be >= 8.')
+
+
+def _require(condition: Any, message: str) -> None:
+  if not condition:
+    raise ValueError(message)

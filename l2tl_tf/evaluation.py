@@ -1,0 +1,66 @@
+"""Evaluation of a trained run's target head on a target split.
+
+Writes `model_dir/metrics.json` (contract: `split`, `num_examples`, `top1`,
+plus `mean_auc`, one-vs-rest over the split, and the checkpoint `step`).
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from l2tl_tf import input_pipeline, runs
+from l2tl_tf.runs import Run
+
+METRICS_FILE = 'metrics.json'
+
+
+def predict(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Target-head probabilities and labels over a whole split, in order."""
+  predict_batch = tf.function(
+      lambda images: tf.nn.softmax(run.model.target_logits(images, training=False)))
+  probabilities, labels = [], []
+  for images, batch_labels in input_pipeline.eval_dataset(run.config, split):
+    probabilities.append(predict_batch(images).numpy())
+    labels.append(batch_labels.numpy())
+  if not labels:
+    raise ValueError(f'Split {split!r} of {run.config.model_dir} holds no example.')
+  return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+  """Mean ROC AUC over classes that have both positives and negatives."""
+  aucs = []
+  for cls in range(probabilities.shape[1]):
+    positive = labels == cls
+    if positive.all() or not positive.any():
+      continue
+    ranks = np.argsort(np.argsort(probabilities[:, cls], kind='stable'), kind='stable') + 1
+    num_pos, num_neg = positive.sum(), (~positive).sum()
+    aucs.append((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+  return float(np.mean(aucs)) if aucs else float('nan')
+
+
+def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict:
+  """Evaluates the latest checkpoint of `model_dir` and writes metrics.json.
+
+  Args:
+    model_dir: a run directory written by training.
+    split: 'test', 'val' or 'train' (see `input_pipeline.eval_dataset`).
+    target_test: overrides the run's --target_test spec when given.
+  """
+  run = runs.restore_for_inference(model_dir, target_test=target_test)
+  if run.model.target_head is None:
+    raise ValueError(f'{model_dir} is a {run.config.mode.value} run: it has no target head.')
+  probabilities, labels = predict(run, split)
+  metrics = {
+      'split': split,
+      'num_examples': int(len(labels)),
+      'top1': float(np.mean(np.argmax(probabilities, axis=1) == labels)),
+      'mean_auc': one_vs_rest_auc(labels, probabilities),
+      'step': int(run.trainer.step.numpy()),
+  }
+  with tf.io.gfile.GFile(os.path.join(model_dir, METRICS_FILE), 'w') as f:
+    f.write(json.dumps(metrics, indent=2))
+  return metrics

@@ -1,0 +1,403 @@
+"""tf.data pipelines for the three L2TL streams and for evaluation.
+
+Every dataset is named by one spec string:
+  * a TFRecord file pattern with ImageNet-style features (see `records.py`),
+  * `tfds:NAME/SPLIT`, e.g. `tfds:oxford_iiit_pet/train` (read with
+    `decoders={'image': SkipDecoding()}` so both kinds yield encoded bytes).
+
+All streams yield `(images, labels)`: float32 images in [0, 1] of shape
+[batch, image_size, image_size, num_channels] and int32 labels. Randomness
+(shuffles, crops, flips, subsets) derives from the run's seed through stateless
+ops, so two runs with one seed see the same examples in the same order.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from l2tl_tf import records
+from l2tl_tf.config import Config, DataConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+TFDS_PREFIX = 'tfds:'
+# Inception-style evaluation keeps the central 87.5% of the image.
+INCEPTION_EVAL_CROP = 0.875
+# Below this size, training crops are pad-and-crop rather than Inception's.
+INCEPTION_MIN_SIZE = 96
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A parsed dataset spec string."""
+  spec: str
+  tfds_name: str = ''
+  tfds_split: str = ''
+
+  @property
+  def is_tfds(self) -> bool:
+    return bool(self.tfds_name)
+
+
+def parse_spec(spec: str) -> DatasetSpec:
+  """Parses `tfds:NAME/SPLIT` or a file pattern.
+
+  Raises:
+    ValueError: for an empty spec or a tfds spec without a split.
+  """
+  if not spec:
+    raise ValueError('Empty dataset spec: give a TFRecord file pattern or tfds:NAME/SPLIT.')
+  if not spec.startswith(TFDS_PREFIX):
+    return DatasetSpec(spec=spec)
+  body = spec[len(TFDS_PREFIX):]
+  name, _, split = body.rpartition('/')
+  if not name or not split:
+    raise ValueError(f'Dataset spec {spec!r} must look like tfds:NAME/SPLIT, '
+                     'e.g. tfds:oxford_iiit_pet/train.')
+  return DatasetSpec(spec=spec, tfds_name=name, tfds_split=split)
+
+
+def list_files(pattern: str) -> list[str]:
+  """Sorted files matching `pattern`, so file order never depends on the OS."""
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f'File pattern {pattern!r} matches no file. Check the path, or '
+                     'use tfds:NAME/SPLIT for a TFDS dataset.')
+  return files
+
+
+def _parse_record(serialized):
+  parsed = tf.io.parse_single_example(serialized, records.FEATURE_SPEC)
+  return parsed[records.IMAGE_KEY], parsed[records.LABEL_KEY]
+
+
+def raw_dataset(spec: str, data: DataConfig, label_offset: int,
+                input_context: Optional[tf.distribute.InputContext] = None,
+                shuffle_files_seed: Optional[int] = None) -> tf.data.Dataset:
+  """Examples as (encoded image bytes, int32 label), labels made 0-based.
+
+  Args:
+    spec: dataset spec string.
+    data: data settings (for the TFDS data_dir).
+    label_offset: subtracted from stored labels.
+    input_context: shard for this input pipeline when given.
+    shuffle_files_seed: shuffle file order with this seed; None keeps a
+      deterministic order (used for label scans and evaluation).
+
+  Returns:
+    A tf.data.Dataset of (tf.string, tf.int32) scalars.
+  """
+  parsed = parse_spec(spec)
+  if parsed.is_tfds:
+    dataset = _tfds_dataset(parsed, data, input_context, shuffle_files_seed)
+  else:
+    dataset = _tfrecord_dataset(parsed.spec, input_context, shuffle_files_seed)
+  return dataset.map(lambda image, label: (image, tf.cast(label - label_offset, tf.int32)),
+                     num_parallel_calls=AUTOTUNE)
+
+
+def _tfrecord_dataset(pattern, input_context, shuffle_files_seed):
+  files = list_files(pattern)
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  shard_examples = False
+  if input_context and input_context.num_input_pipelines > 1:
+    if len(files) >= input_context.num_input_pipelines:
+      dataset = dataset.shard(input_context.num_input_pipelines,
+                              input_context.input_pipeline_id)
+    else:
+      shard_examples = True
+  if shuffle_files_seed is not None:
+    dataset = dataset.shuffle(len(files), seed=shuffle_files_seed)
+  dataset = dataset.interleave(
+      tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+      num_parallel_calls=AUTOTUNE, deterministic=True)
+  if shard_examples:
+    dataset = dataset.shard(input_context.num_input_pipelines,
+                            input_context.input_pipeline_id)
+  return dataset.map(_parse_record, num_parallel_calls=AUTOTUNE)
+
+
+def _tfds_dataset(parsed, data, input_context, shuffle_files_seed):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  read_config = tfds.ReadConfig(input_context=input_context,
+                                shuffle_seed=shuffle_files_seed)
+  dataset = tfds.load(parsed.tfds_name, split=parsed.tfds_split,
+                      data_dir=data.tfds_data_dir, download=False,
+                      shuffle_files=shuffle_files_seed is not None,
+                      decoders={'image': tfds.decode.SkipDecoding()},
+                      read_config=read_config)
+  return dataset.map(lambda ex: (ex['image'], ex['label']), num_parallel_calls=AUTOTUNE)
+
+
+def tfds_label_names(spec: str, data: DataConfig) -> Optional[list[str]]:
+  """Class names from TFDS metadata, or None when not a TFDS spec or unknown."""
+  parsed = parse_spec(spec)
+  if not parsed.is_tfds:
+    return None
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(parsed.tfds_name, data_dir=data.tfds_data_dir)
+    return list(builder.info.features['label'].names)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def source_class_names(data: DataConfig) -> list[str]:
+  """Names for source classes: explicit file, class_names.txt, TFDS, or ids."""
+  path = data.source_class_names
+  if not path and data.source_train and not data.source_train.startswith(TFDS_PREFIX):
+    candidate = os.path.join(os.path.dirname(data.source_train), records.CLASS_NAMES_FILE)
+    path = candidate if os.path.exists(candidate) else ''
+  names = records.read_class_names(path) if path else tfds_label_names(data.source_train, data)
+  if names is None:
+    return [str(i) for i in range(data.source_num_classes)]
+  if len(names) < data.source_num_classes:
+    raise ValueError(f'{path or data.source_train} names {len(names)} classes but '
+                     f'--source_num_classes={data.source_num_classes}.')
+  return names[:data.source_num_classes]
+
+
+# ---------------------------------------------------------------- decoding
+
+def decode_image(encoded: tf.Tensor, num_channels: int) -> tf.Tensor:
+  """Decodes PNG/JPEG bytes to uint8 [H, W, num_channels], converting colour."""
+  image = tf.io.decode_image(encoded, channels=num_channels, expand_animations=False)
+  image.set_shape([None, None, num_channels])
+  return image
+
+
+def resolved_crop(data: DataConfig) -> str:
+  if data.train_crop != 'auto':
+    return data.train_crop
+  return 'inception' if data.image_size >= INCEPTION_MIN_SIZE else 'pad_crop'
+
+
+def preprocess_train(image: tf.Tensor, seed: tf.Tensor, data: DataConfig) -> tf.Tensor:
+  """Random crop (Inception-style or pad-and-crop) and optional flip.
+
+  Args:
+    image: uint8 [H, W, C].
+    seed: int64 [2] stateless seed for this example.
+    data: data settings.
+
+  Returns:
+    float32 [image_size, image_size, C] in [0, 1].
+  """
+  size = data.image_size
+  crop = resolved_crop(data)
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  if crop == 'inception':
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=crop_seed, min_object_covered=0.1, aspect_ratio_range=(0.75, 1.33),
+        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+    image = tf.image.resize(image, [size, size])
+  elif crop == 'pad_crop':
+    image = tf.image.resize(image, [size, size])
+    pad = max(size // 8, 1)
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, [size, size, data.num_channels], crop_seed)
+  else:
+    image = tf.image.resize(image, [size, size])
+  if data.random_flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def preprocess_eval(image: tf.Tensor, data: DataConfig) -> tf.Tensor:
+  """Single central crop (Inception's 87.5% for large images), then resize."""
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  if resolved_crop(data) == 'inception':
+    image = tf.image.central_crop(image, INCEPTION_EVAL_CROP)
+  image = tf.image.resize(image, [data.image_size, data.image_size])
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- subsets
+
+@dataclasses.dataclass(frozen=True)
+class TargetSubsets:
+  """Which target_train examples (by position) train and which give rewards.
+
+  Computed once on the host from a label scan, so the subsets are a pure
+  function of (dataset, seed, k, validation size) whatever the strategy.
+  """
+  num_examples: int
+  train_indices: np.ndarray
+  val_indices: np.ndarray
+
+
+def scan_labels(spec: str, data: DataConfig, label_offset: int) -> np.ndarray:
+  """All labels of a dataset in its deterministic order (images not decoded)."""
+  labels = raw_dataset(spec, data, label_offset).map(lambda _, label: label)
+  return np.fromiter(labels.batch(4096).unbatch().as_numpy_iterator(), dtype=np.int64)
+
+
+def choose_target_subsets(labels: np.ndarray, num_classes: int, examples_per_class: int,
+                          val_examples_per_class: int, seed: int) -> TargetSubsets:
+  """Seeded per-class split: `val` examples for rewards, then `k` for training.
+
+  Args:
+    labels: labels of target_train in dataset order.
+    num_classes: C_T; labels outside [0, C_T) are an error.
+    examples_per_class: k (0 keeps every example not carved out).
+    val_examples_per_class: per-class carve-out for the reward set (0: none).
+    seed: the run's seed.
+
+  Raises:
+    ValueError: on an out-of-range label or a class too small for the request.
+  """
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise ValueError(f'target_train has label {int(bad[0])} outside [0, {num_classes}): '
+                     'check --target_num_classes and --target_label_offset.')
+  rng = np.random.default_rng([seed, 20190625])
+  train, val = [], []
+  for cls in range(num_classes):
+    members = rng.permutation(np.flatnonzero(labels == cls))
+    needed = val_examples_per_class + max(examples_per_class, 0)
+    if len(members) < max(needed, 1):
+      raise ValueError(f'Target class {cls} has {len(members)} examples but '
+                       f'{val_examples_per_class} validation + {examples_per_class} '
+                       'training examples were asked for: lower --examples_per_class '
+                       'or --val_examples_per_class.')
+    val.append(members[:val_examples_per_class])
+    rest = members[val_examples_per_class:]
+    train.append(rest[:examples_per_class] if examples_per_class > 0 else rest)
+  return TargetSubsets(num_examples=len(labels),
+                       train_indices=np.sort(np.concatenate(train)),
+                       val_indices=np.sort(np.concatenate(val)))
+
+
+def target_subsets(config: Config) -> TargetSubsets:
+  data = config.data
+  labels = scan_labels(data.target_train, data, data.target_label_offset)
+  val_per_class = data.val_examples_per_class if not data.target_val else 0
+  return choose_target_subsets(labels, data.target_num_classes, data.examples_per_class,
+                               val_per_class, config.seed)
+
+
+def _take_positions(dataset: tf.data.Dataset, positions: np.ndarray,
+                    num_examples: int) -> tf.data.Dataset:
+  mask = np.zeros([num_examples], dtype=bool)
+  mask[positions] = True
+  mask = tf.constant(mask)
+  return dataset.enumerate().filter(lambda i, _: mask[i]).map(lambda _, example: example)
+
+
+# ---------------------------------------------------------------- streams
+
+def _per_replica_batch(global_batch: int, input_context, what: str) -> int:
+  replicas = input_context.num_replicas_in_sync if input_context else 1
+  if global_batch % replicas:
+    raise ValueError(f'The global {what} batch of {global_batch} is not divisible by '
+                     f'the {replicas} replicas: pick a --batch_size that is.')
+  return global_batch // replicas
+
+
+def _pipeline_seed(seed: int, stream: int, input_context) -> int:
+  pipeline = input_context.input_pipeline_id if input_context else 0
+  return int(np.random.default_rng([seed, stream, pipeline]).integers(2**31 - 1))
+
+
+def _augment_and_batch(dataset, data, seed, batch_size):
+  """Decodes, augments with per-example stateless seeds, batches."""
+  seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+  dataset = tf.data.Dataset.zip((dataset, seeds))
+  dataset = dataset.map(
+      lambda example, s: (preprocess_train(decode_image(example[0], data.num_channels), s, data),
+                          example[1]),
+      num_parallel_calls=AUTOTUNE)
+  return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def source_dataset(config: Config, input_context=None) -> tf.data.Dataset:
+  """The source stream: M_S * B_S candidates per step (B_S in pretrain)."""
+  data = config.data
+  seed = _pipeline_seed(config.seed, 1, input_context)
+  batch = _per_replica_batch(config.source_candidate_batch_size, input_context, 'source')
+  dataset = raw_dataset(data.source_train, data, data.source_label_offset,
+                        input_context, shuffle_files_seed=seed)
+  dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed)
+  return _augment_and_batch(dataset, data, seed, batch)
+
+
+def target_train_dataset(config: Config, subsets: TargetSubsets,
+                         input_context=None) -> tf.data.Dataset:
+  """The target-train stream: B_T examples of the k-shot subset per step.
+
+  The subset is small, so its encoded bytes are cached in memory and every
+  input pipeline shards it by position.
+  """
+  data = config.data
+  seed = _pipeline_seed(config.seed, 2, input_context)
+  batch = _per_replica_batch(config.target_batch_size, input_context, 'target')
+  dataset = _take_positions(raw_dataset(data.target_train, data, data.target_label_offset),
+                            subsets.train_indices, subsets.num_examples)
+  if input_context and input_context.num_input_pipelines > 1:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  dataset = dataset.cache().repeat().shuffle(
+      max(len(subsets.train_indices), 1), seed=seed)
+  return _augment_and_batch(dataset, data, seed, batch)
+
+
+def reward_examples(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:
+  """The target-validation examples (D'_T), decoded and cropped once, unbatched."""
+  data = config.data
+  if data.target_val:
+    dataset = raw_dataset(data.target_val, data, data.target_label_offset)
+  else:
+    dataset = _take_positions(raw_dataset(data.target_train, data, data.target_label_offset),
+                              subsets.val_indices, subsets.num_examples)
+  return _eval_preprocessed(dataset, data)
+
+
+def _eval_preprocessed(dataset: tf.data.Dataset, data: DataConfig) -> tf.data.Dataset:
+  return dataset.map(lambda image, label: (
+      preprocess_eval(decode_image(image, data.num_channels), data), label),
+                     num_parallel_calls=AUTOTUNE)
+
+
+def reward_dataset(config: Config, subsets: TargetSubsets,
+                   input_context=None) -> tf.data.Dataset:
+  """The reward stream: B_P validation examples per step, served from memory."""
+  seed = _pipeline_seed(config.seed, 3, input_context)
+  batch = _per_replica_batch(config.reward_batch_size, input_context, 'reward')
+  dataset = reward_examples(config, subsets)
+  if input_context and input_context.num_input_pipelines > 1:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  dataset = dataset.cache().repeat().shuffle(10_000, seed=seed)
+  return dataset.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+EVAL_SPLITS = ('test', 'val', 'train')
+
+
+def eval_dataset(config: Config, split: str) -> tf.data.Dataset:
+  """A finite, ordered pass over a target split with evaluation preprocessing.
+
+  Args:
+    config: the run's config.
+    split: 'test' (--target_test), 'val' (the reward set) or 'train' (the
+      k-shot training subset).
+  """
+  data = config.data
+  if split == 'test':
+    if not data.target_test:
+      raise ValueError('Evaluating split=test needs --target_test.')
+    dataset = _eval_preprocessed(
+        raw_dataset(data.target_test, data, data.target_label_offset), data)
+  elif split == 'val':
+    dataset = reward_examples(config, target_subsets(config))
+  elif split == 'train':
+    subsets = target_subsets(config)
+    dataset = _eval_preprocessed(_take_positions(
+        raw_dataset(data.target_train, data, data.target_label_offset),
+        subsets.train_indices, subsets.num_examples), data)
+  else:
+    raise ValueError(f'--split={split!r}: use one of {EVAL_SPLITS}.')
+  return dataset.batch(config.eval_batch_size).prefetch(AUTOTUNE)

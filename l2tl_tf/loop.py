@@ -1,0 +1,139 @@
+"""The controller: cadence of training loops, checkpoints, summaries, progress.
+
+Like orbit's Controller, it owns *when* things happen; `trainer.py` owns what
+a step computes. Summaries and checkpoints happen only between loops of
+`steps_per_loop` steps, so the device never waits on the host mid-loop.
+"""
+
+import dataclasses
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from l2tl_tf import config as config_lib
+from l2tl_tf import input_pipeline, ranking, runs
+from l2tl_tf.config import Config
+from l2tl_tf.strategy import get_strategy
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished training call reports."""
+  model_dir: str
+  steps: int
+  final_metrics: dict
+  seconds: float
+  ranked_classes: Optional[list] = None
+
+
+def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
+                 log=print) -> TrainResult:
+  """Trains (or resumes) the run described by `config`.
+
+  Every check that can fail on the settings or the data runs before the
+  first step; `config.json` is written before anything else in model_dir.
+  """
+  config_lib.validate(config)
+  if config.optimizer.warmup_steps >= config.train_steps and config.optimizer.warmup_steps:
+    raise ValueError(f'--warmup_steps={config.optimizer.warmup_steps} >= --train_steps='
+                     f'{config.train_steps}: the learning rate would never reach its target.')
+  strategy = strategy or get_strategy(config.strategy, config.tpu)
+  subsets = input_pipeline.target_subsets(config) if config.mode.uses_target else None
+  class_names = (input_pipeline.source_class_names(config.data)
+                 if config.mode.uses_source else None)
+  runs.prepare_run_dir(config)
+  run = runs.build(config, strategy)
+  _initialise(run, log)
+  iterators = _iterators(config, strategy, subsets)
+  writer = tf.summary.create_file_writer(config.model_dir)
+  start, started = int(run.trainer.step.numpy()), time.time()
+  metrics = {}
+  while (step := int(run.trainer.step.numpy())) < config.train_steps:
+    num_steps = _steps_this_loop(config, step)
+    loop_start = time.time()
+    metrics = {k: float(v) for k, v in run.trainer.train_loop(
+        iterators, tf.constant(num_steps, tf.int32)).items()}
+    step += num_steps
+    _write_summaries(writer, run, metrics, step)
+    log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
+                       (time.time() - started) / max(step - start, 1)))
+    if step % config.checkpoint_every == 0 or step >= config.train_steps:
+      run.manager.save(checkpoint_number=step)
+  ranked = None
+  if config.mode.learns_lambda:
+    ranked = ranking.rank_source_classes(run.policy, class_names, seed=config.seed)
+    ranking.write_source_class_weights(ranked, config.model_dir)
+  writer.flush()
+  return TrainResult(config.model_dir, int(run.trainer.step.numpy()), metrics,
+                     time.time() - started, ranked)
+
+
+def _initialise(run: runs.Run, log) -> None:
+  """Resumes the run's own checkpoint, else warm-starts, else starts fresh."""
+  if runs.restore_latest(run):
+    log(f'Resuming {run.config.model_dir} from step {int(run.trainer.step.numpy())}.')
+  elif run.config.warm_start_from:
+    prefix = runs.warm_start(run, run.config.warm_start_from)
+    log(f'Warm-started from {prefix}.')
+
+
+def _iterators(config: Config, strategy, subsets) -> dict:
+  """Distributed iterators for the streams this mode reads."""
+  makers = {}
+  if config.mode.uses_source:
+    makers['source'] = lambda ctx: input_pipeline.source_dataset(config, ctx)
+  if config.mode.uses_target:
+    makers['target'] = lambda ctx: input_pipeline.target_train_dataset(config, subsets, ctx)
+  if config.mode.uses_policy:
+    makers['reward'] = lambda ctx: input_pipeline.reward_dataset(config, subsets, ctx)
+  return {name: iter(strategy.distribute_datasets_from_function(make))
+          for name, make in makers.items()}
+
+
+def _steps_this_loop(config: Config, step: int) -> int:
+  """Steps until the loop size, the next checkpoint or the end, whichever first."""
+  to_checkpoint = config.checkpoint_every - step % config.checkpoint_every
+  return min(config.steps_per_loop, to_checkpoint, config.train_steps - step)
+
+
+def _write_summaries(writer, run: runs.Run, metrics: dict, step: int) -> None:
+  with writer.as_default(step=step):
+    for name, value in metrics.items():
+      if name.startswith('policy/') and run.policy is None:
+        continue
+      tf.summary.scalar(name, value)
+    if run.policy is not None:
+      tf.summary.scalar('policy/lambda_entropy', run.policy.lambda_entropy())
+      tf.summary.scalar('policy/alpha_entropy', run.policy.alpha_entropy())
+      tf.summary.scalar('policy/expected_alpha', run.policy.expected_alpha())
+      tf.summary.scalar('policy/learning_rate',
+                        tf.cast(run.policy.optimizer.learning_rate, tf.float32))
+      tf.summary.histogram('policy/expected_lambda', run.policy.expected_lambda())
+
+
+def _progress_line(config: Config, step: int, metrics: dict, steps_per_second: float,
+                   seconds_per_step: float) -> str:
+  remaining = (config.train_steps - step) * seconds_per_step
+  parts = [f'[{config.mode.value}] step {step}/{config.train_steps}',
+           f'loss {metrics["loss/total"]:.4f}']
+  if config.mode.uses_policy:
+    parts.append(f'reward {metrics["policy/reward"]:.3f}')
+    parts.append(f'alpha {metrics["policy/alpha"]:.3f}')
+  parts += [f'lr {metrics["learning_rate"]:.4g}', f'{steps_per_second:.2f} steps/s',
+            f'ETA {_duration(remaining)}']
+  return '  '.join(parts)
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  minutes, secs = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m{secs:02d}s' if hours else f'{minutes}m{secs:02d}s'
+
+
+def stderr_log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,174 @@
+"""The L2TL policy: input-free categorical distributions over loss weights.
+
+For each source class c a categorical over n levels gives lambda(c) = k/(n-1);
+one more categorical over n' levels gives alpha_s = beta*k'/(n'-1) (Sec. 4).
+The logits are plain tf.Variables (Phi). Actions are sampled once per step
+with a stateless RNG keyed by (seed, step), so every replica and a resumed run
+draw the same actions. REINFORCE (Williams, 1992) with a moving-average
+baseline b (decay gamma) and Adam updates the logits from the reward.
+"""
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2tl_tf.config import PolicyConfig
+
+
+class Actions(NamedTuple):
+  """One draw of the policy: a level per source class and one for alpha_s."""
+  lambda_levels: tf.Tensor  # int32 [C_S]
+  alpha_level: tf.Tensor    # int32 []
+
+
+class PolicyStats(NamedTuple):
+  """What one REINFORCE update saw, for summaries."""
+  reward: tf.Tensor
+  baseline: tf.Tensor
+  advantage: tf.Tensor
+  log_prob: tf.Tensor
+
+
+class Policy(tf.Module):
+  """Phi: logits for lambda (per source class) and alpha_s, plus the baseline.
+
+  Build it inside `strategy.scope()` (the Adam optimizer captures the strategy).
+  """
+
+  def __init__(self, num_source_classes: int, config: PolicyConfig, seed: int):
+    super().__init__(name='policy')
+    self.config = config
+    self.num_source_classes = num_source_classes
+    self.seed = int(seed) % (2**31 - 1)
+    self.lambda_logits = tf.Variable(
+        tf.zeros([num_source_classes, config.num_lambda_levels]), name='lambda_logits')
+    self.alpha_logits = tf.Variable(tf.zeros([config.num_alpha_levels]), name='alpha_logits')
+    # b_t and, for the official zero-debiased EMA, its normaliser.
+    self.baseline = tf.Variable(0.0, trainable=False, name='baseline')
+    self.baseline_weight = tf.Variable(0.0, trainable=False, name='baseline_weight')
+    self.optimizer = keras.optimizers.Adam(config.learning_rate)
+    self.optimizer.build([self.lambda_logits, self.alpha_logits])
+
+  # ------------------------------------------------------------ values
+
+  def lambda_values(self, levels: tf.Tensor) -> tf.Tensor:
+    """lambda for integer levels: k/(n-1) (paper) or k/n (official)."""
+    n = self.config.num_lambda_levels
+    denominator = float(n - 1 if self.config.level_values == 'paper' else n)
+    return tf.cast(levels, tf.float32) / denominator
+
+  def alpha_values(self, levels: tf.Tensor) -> tf.Tensor:
+    """alpha_s for integer levels: beta*k'/(n'-1) (paper) or k'/divisor."""
+    levels = tf.cast(levels, tf.float32)
+    if self.config.level_values == 'paper':
+      return self.config.alpha_beta * levels / float(self.config.num_alpha_levels - 1)
+    return levels / self.config.alpha_divisor
+
+  # ------------------------------------------------------------ sampling
+
+  def step_seed(self, step: tf.Tensor) -> tf.Tensor:
+    """int32 [2] seed for a step: XLA has no int64 stateless-categorical kernel."""
+    step = tf.cast(tf.math.floormod(tf.cast(step, tf.int64), 2**31 - 1), tf.int32)
+    return tf.stack([tf.constant(self.seed, tf.int32), step])
+
+  def sample(self, seed: tf.Tensor, num_samples: int = 1) -> Actions:
+    """Draws `num_samples` joint actions (leading axis dropped when 1).
+
+    Call this in cross-replica context and pass the actions into the replica
+    function: sampling inside `strategy.run` would differ per replica.
+    """
+    lambda_seed, alpha_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    lambda_levels = tf.random.stateless_categorical(
+        self.lambda_logits, num_samples, tf.cast(lambda_seed, tf.int32), dtype=tf.int32)
+    alpha_levels = tf.random.stateless_categorical(
+        self.alpha_logits[None], num_samples, tf.cast(alpha_seed, tf.int32), dtype=tf.int32)
+    lambda_levels = tf.transpose(lambda_levels)  # [num_samples, C_S]
+    alpha_levels = alpha_levels[0]               # [num_samples]
+    if num_samples == 1:
+      return Actions(lambda_levels[0], alpha_levels[0])
+    return Actions(lambda_levels, alpha_levels)
+
+  # ------------------------------------------------------------ statistics
+
+  def log_prob(self, actions: Actions, learn_lambda: bool = True,
+               learn_alpha: bool = True) -> tf.Tensor:
+    """log pi(actions); the lambda part summed (or averaged) over classes."""
+    total = tf.constant(0.0)
+    if learn_lambda:
+      per_class = -tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=actions.lambda_levels, logits=self.lambda_logits)
+      reduce = tf.reduce_sum if self.config.log_prob_reduction == 'sum' else tf.reduce_mean
+      total += reduce(per_class)
+    if learn_alpha:
+      total += tf.nn.log_softmax(self.alpha_logits)[actions.alpha_level]
+    return total
+
+  def lambda_entropy(self) -> tf.Tensor:
+    """Mean over source classes of the entropy of lambda's categorical (nats)."""
+    return tf.reduce_mean(_entropy(self.lambda_logits))
+
+  def alpha_entropy(self) -> tf.Tensor:
+    return _entropy(self.alpha_logits)
+
+  def expected_lambda(self) -> tf.Tensor:
+    """E[lambda(c)] for every source class, exactly from the logits."""
+    n = self.config.num_lambda_levels
+    probs = tf.nn.softmax(self.lambda_logits)
+    return tf.linalg.matvec(probs, self.lambda_values(tf.range(n)))
+
+  def expected_alpha(self) -> tf.Tensor:
+    probs = tf.nn.softmax(self.alpha_logits)
+    return tf.reduce_sum(probs * self.alpha_values(tf.range(self.config.num_alpha_levels)))
+
+  # ------------------------------------------------------------ learning
+
+  def update(self, actions: Actions, reward: tf.Tensor, learn_lambda: bool = True,
+             learn_alpha: bool = True) -> PolicyStats:
+    """One REINFORCE step: ascend (R - b) * grad log pi(actions), then move b.
+
+    'paper' baseline: A_t = R_t - b_t with b_t the moving average of earlier
+    rewards (initialised to the first reward), then b <- (1-gamma) b + gamma R.
+    'official': b is a zero-debiased EMA that includes R_t before A_t is taken.
+    """
+    reward = tf.cast(reward, tf.float32)
+    baseline = self._advance_baseline(reward)
+    advantage = reward - baseline
+    with tf.GradientTape() as tape:
+      log_prob = self.log_prob(actions, learn_lambda, learn_alpha)
+      loss = -tf.stop_gradient(advantage) * log_prob
+    variables = [self.lambda_logits, self.alpha_logits]
+    gradients = tape.gradient(loss, variables, unconnected_gradients='zero')
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    return PolicyStats(reward, baseline, advantage, log_prob)
+
+  def _advance_baseline(self, reward: tf.Tensor) -> tf.Tensor:
+    """Updates b and returns the baseline the advantage is taken against."""
+    gamma = self.config.baseline_decay
+    if self.config.baseline_style == 'official':
+      self.baseline.assign((1.0 - gamma) * self.baseline + gamma * reward)
+      self.baseline_weight.assign((1.0 - gamma) * self.baseline_weight + gamma)
+      return self.baseline / self.baseline_weight
+    first = tf.equal(self.baseline_weight, 0.0)
+    previous = tf.where(first, reward, self.baseline)
+    self.baseline.assign((1.0 - gamma) * previous + gamma * reward)
+    self.baseline_weight.assign(1.0)
+    return previous
+
+
+def _entropy(logits: tf.Tensor) -> tf.Tensor:
+  log_probs = tf.nn.log_softmax(logits)
+  return -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
+
+
+def sampled_class_weights(policy: Policy, num_samples: int = 10_000,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and std of lambda per source class over sampled actions (Sec. 5.1).
+
+  The paper ranks source classes by sampling 10k actions; the mean converges
+  to `expected_lambda` and the std says how settled each class is.
+  """
+  draws = policy.sample(tf.constant([seed % (2**31 - 1), 7], tf.int32), num_samples)
+  values = policy.lambda_values(draws.lambda_levels).numpy()
+  return values.mean(axis=0), values.std(axis=0)

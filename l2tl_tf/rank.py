@@ -1,0 +1,38 @@
+"""Ranks source classes by learned lambda: `python -m l2tl_tf.rank --model_dir=...`.
+
+Samples actions from the run's policy (10,000 as in the paper), writes
+model_dir/source_class_weights.csv and prints the top classes.
+"""
+
+from absl import app, flags
+
+from l2tl_tf import flag_defs, input_pipeline, ranking, runs
+
+flag_defs.define_flags(['model_dir'])
+flags.DEFINE_integer('num_samples', 10_000, 'Actions sampled from the policy.')
+flags.DEFINE_integer('top', 20, 'How many top classes to print.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.model_dir:
+    raise app.UsageError('--model_dir is required.')
+  run = runs.restore_for_inference(FLAGS.model_dir)
+  if run.policy is None:
+    raise app.UsageError(f'{FLAGS.model_dir} is a {run.config.mode.value} run: it has no policy.')
+  names = input_pipeline.source_class_names(run.config.data)
+  ranked = ranking.rank_source_classes(run.policy, names, FLAGS.num_samples, run.config.seed)
+  path = ranking.write_source_class_weights(ranked, FLAGS.model_dir)
+  for row in ranked[:FLAGS.top]:
+    print(f'{row.class_id:6d}  {row.name:<24s} {row.expected_lambda:.3f} +- {row.std:.3f}')
+  print(f'Wrote {path}')
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

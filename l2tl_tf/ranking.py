@@ -1,0 +1,49 @@
+"""Ranks source classes by the learned lambda (Table 4 of the paper).
+
+The paper samples 10,000 actions from the trained policy and ranks source
+labels by their weights; `source_class_weights.csv` holds, per source class,
+the mean and std of lambda over those samples, highest mean first.
+"""
+
+import csv
+import dataclasses
+import os
+
+import numpy as np
+
+from l2tl_tf.policy import Policy, sampled_class_weights
+
+WEIGHTS_FILE = 'source_class_weights.csv'
+CSV_COLUMNS = ('source_class_id', 'name', 'expected_lambda', 'std')
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedClass:
+  class_id: int
+  name: str
+  expected_lambda: float
+  std: float
+
+
+def rank_source_classes(policy: Policy, class_names: list[str], num_samples: int = 10_000,
+                        seed: int = 0) -> list[RankedClass]:
+  """Source classes sorted by mean sampled lambda (ties by class id)."""
+  means, stds = sampled_class_weights(policy, num_samples, seed)
+  order = np.lexsort((np.arange(len(means)), -means))
+  return [RankedClass(int(i), class_names[i], float(means[i]), float(stds[i])) for i in order]
+
+
+def write_source_class_weights(ranked: list[RankedClass], model_dir: str) -> str:
+  path = os.path.join(model_dir, WEIGHTS_FILE)
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.writer(f)
+    writer.writerow(CSV_COLUMNS)
+    for row in ranked:
+      writer.writerow([row.class_id, row.name, f'{row.expected_lambda:.6f}', f'{row.std:.6f}'])
+  return path
+
+
+def read_source_class_weights(model_dir: str) -> list[RankedClass]:
+  with open(os.path.join(model_dir, WEIGHTS_FILE), newline='', encoding='utf-8') as f:
+    return [RankedClass(int(r['source_class_id']), r['name'], float(r['expected_lambda']),
+                        float(r['std'])) for r in csv.DictReader(f)]

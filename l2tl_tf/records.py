@@ -1,0 +1,86 @@
+"""ImageNet-style TFRecords: the on-disk format every pipeline reads.
+
+Each record is a `tf.train.Example` with `image/encoded` (PNG or JPEG bytes)
+and `image/class/label` (int64), the feature names of the ImageNet TFRecords
+that TPU reference models read. Builders in `data/`, the demo and the tests all
+write through `write_image_records`, so the reader has one format to trust.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_KEY = 'image/encoded'
+LABEL_KEY = 'image/class/label'
+CLASS_NAMES_FILE = 'class_names.txt'
+
+FEATURE_SPEC = {
+    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 HxW or HxWxC array."""
+  if image.ndim == 2:
+    image = image[..., None]
+  return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
+
+
+def make_example(encoded_image: bytes, label: int) -> tf.train.Example:
+  return tf.train.Example(features=tf.train.Features(feature={
+      IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded_image])),
+      LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+  }))
+
+
+def write_image_records(prefix: str, images: np.ndarray, labels: Sequence[int],
+                        num_shards: int = 1,
+                        class_names: Optional[Sequence[str]] = None,
+                        label_offset: int = 0) -> str:
+  """Writes images as PNG-encoded ImageNet-style TFRecord shards.
+
+  Args:
+    prefix: path prefix; shards are `{prefix}-00000-of-00004`.
+    images: uint8 array [N, H, W] or [N, H, W, C].
+    labels: N class ids (0-based; `label_offset` is added when stored, e.g. 1
+      to mimic 1-based ImageNet files).
+    num_shards: examples are dealt round-robin so every shard is non-empty
+      when N >= num_shards.
+    class_names: written to `class_names.txt` beside the shards when given.
+    label_offset: added to every stored label.
+
+  Returns:
+    The file pattern matching the written shards.
+  """
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  if len(images) != len(labels):
+    raise ValueError(f'{len(images)} images but {len(labels)} labels for {prefix}.')
+  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+  writers = [tf.io.TFRecordWriter(f'{prefix}-{i:05d}-of-{num_shards:05d}')
+             for i in range(num_shards)]
+  for index, (image, label) in enumerate(zip(images, labels)):
+    example = make_example(encode_png(image), int(label) + label_offset)
+    writers[index % num_shards].write(example.SerializeToString())
+  for writer in writers:
+    writer.close()
+  if class_names is not None:
+    write_class_names(os.path.dirname(os.path.abspath(prefix)), class_names)
+  return f'{prefix}-*-of-{num_shards:05d}'
+
+
+def write_class_names(directory: str, class_names: Sequence[str]) -> str:
+  path = os.path.join(directory, CLASS_NAMES_FILE)
+  with open(path, 'w', encoding='utf-8') as f:
+    for name in class_names:
+      f.write(str(name).replace('\n', ' ') + '\n')
+  return path
+
+
+def read_class_names(path: str) -> list[str]:
+  with open(path, encoding='utf-8') as f:
+    return [line.rstrip('\n') for line in f]
+

@@ -1,0 +1,156 @@
+"""A run directory: its config, the objects it trains, and their checkpoints.
+
+Training, evaluation, export and ranking all rebuild a run from
+`model_dir/config.json` and its latest checkpoint through this file, so they
+agree on what a checkpoint holds.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from l2tl_tf import config as config_lib
+from l2tl_tf.config import Config
+from l2tl_tf.models import TransferModel
+from l2tl_tf.policy import Policy
+from l2tl_tf.trainer import Trainer
+
+CONFIG_FILE = 'config.json'
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a checkpoint holds, built under one strategy's scope."""
+  config: Config
+  strategy: tf.distribute.Strategy
+  model: TransferModel
+  policy: Optional[Policy]
+  trainer: Trainer
+  checkpoint: tf.train.Checkpoint
+  manager: tf.train.CheckpointManager
+
+
+def load_config(model_dir: str) -> Config:
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise ValueError(f'{path} does not exist: --model_dir must be a directory written by '
+                     'l2tl-train.')
+  with tf.io.gfile.GFile(path) as f:
+    return Config.from_dict(json.load(f))
+
+
+def prepare_run_dir(config: Config) -> None:
+  """Writes config.json first; refuses a directory holding a different run.
+
+  Rerunning the same command resumes; settings in RESUMABLE_CHANGES (the
+  step budget, logging cadence, strategy) may change between attempts.
+  """
+  tf.io.gfile.makedirs(config.model_dir)
+  path = os.path.join(config.model_dir, CONFIG_FILE)
+  if tf.io.gfile.exists(path):
+    differences = _differences(load_config(config.model_dir).to_dict(), config.to_dict())
+    blocking = {k: v for k, v in differences.items() if k not in config_lib.RESUMABLE_CHANGES}
+    if blocking:
+      listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(blocking.items()))
+      raise ValueError(f'--model_dir={config.model_dir} holds a run with other settings '
+                       f'({listed}). Use a new --model_dir, or rerun with the same flags '
+                       'to resume.')
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(config.to_json())
+
+
+def _differences(old: dict, new: dict, prefix: str = '') -> dict:
+  found = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      found.update(_differences(a, b, f'{prefix}{key}.'))
+    elif a != b:
+      found[f'{prefix}{key}'] = (a, b)
+  return found
+
+
+def build(config: Config, strategy: tf.distribute.Strategy) -> Run:
+  """Creates model, policy, optimizers and the checkpoint under `strategy`."""
+  data = config.data
+  source_classes = data.source_num_classes if config.mode.uses_source else 0
+  target_classes = data.target_num_classes if config.mode.uses_target else 0
+  with strategy.scope():
+    model = TransferModel(config.model.backbone, data.image_size, data.num_channels,
+                          source_classes, target_classes, config.model.backbone_weights)
+    policy = (Policy(data.source_num_classes, config.policy, config.seed)
+              if config.mode.uses_policy else None)
+    trainer = Trainer(config, strategy, model, policy)
+  items = dict(model.checkpoint_items(), optimizer=trainer.optimizer, step=trainer.step)
+  if policy is not None:
+    items['policy'] = policy
+  checkpoint = tf.train.Checkpoint(**items)
+  manager = tf.train.CheckpointManager(checkpoint, config.model_dir,
+                                       max_to_keep=config.keep_checkpoints)
+  return Run(config, strategy, model, policy, trainer, checkpoint, manager)
+
+
+def restore_latest(run: Run) -> bool:
+  """Restores the newest checkpoint of the run; False when there is none."""
+  if not run.manager.latest_checkpoint:
+    return False
+  run.checkpoint.restore(run.manager.latest_checkpoint).assert_existing_objects_matched()
+  return True
+
+
+def resolve_checkpoint(path: str) -> str:
+  """A checkpoint prefix from a run directory or a prefix."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if not latest:
+      raise ValueError(f'--warm_start_from={path} is a directory with no checkpoint.')
+    return latest
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'--warm_start_from={path} is neither a run directory nor a checkpoint.')
+  return path
+
+
+def warm_start(run: Run, path: str) -> str:
+  """Loads g (and h_S when this run has one) from a pretrained checkpoint.
+
+  The target head and both optimizers start fresh, as in fine-tuning.
+
+  Raises:
+    ValueError: when the checkpoint lacks a part or a shape differs (another
+      backbone, image size or source class count).
+  """
+  prefix = resolve_checkpoint(path)
+  parts = {'encoder': run.model.encoder}
+  if run.model.source_head is not None:
+    parts['source_head'] = run.model.source_head
+  try:
+    tf.train.Checkpoint(**parts).read(prefix).assert_existing_objects_matched().expect_partial()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+    raise ValueError(
+        f'Cannot warm start {sorted(parts)} from {prefix}: it was trained with another '
+        'backbone, image size, channel count or source class count '
+        f'(--backbone={run.config.model.backbone}, --image_size={run.config.data.image_size}, '
+        f'--source_num_classes={run.config.data.source_num_classes}). Details: {error}'
+    ) from error
+  return prefix
+
+
+def restore_for_inference(model_dir: str, target_test: str = '') -> Run:
+  """Rebuilds a run under the default strategy from its latest checkpoint.
+
+  Args:
+    model_dir: a run directory written by training.
+    target_test: replaces the run's --target_test when given.
+  """
+  config = load_config(model_dir)
+  if target_test:
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, target_test=target_test))
+  run = build(config, tf.distribute.get_strategy())
+  if not run.manager.latest_checkpoint:
+    raise ValueError(f'--model_dir={model_dir} has no checkpoint yet: train first.')
+  run.checkpoint.restore(run.manager.latest_checkpoint).expect_partial()
+  return run

@@ -1,0 +1,26 @@
+"""Trains one run in any mode: `python -m l2tl_tf.train --mode=l2tl ...`.
+
+Thin by design: flags -> Config -> `loop.run_training`. Rerun the same command
+to resume from the last checkpoint in --model_dir.
+"""
+
+from absl import app
+
+from l2tl_tf import flag_defs, loop
+
+flag_defs.define_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  result = loop.run_training(flag_defs.config_from_flags())
+  print(f'Finished {result.steps} steps in {result.seconds:.1f}s; outputs in {result.model_dir}')
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,207 @@
+"""Step functions: one L2TL iteration (Algorithm 1) and its baselines.
+
+The step is written once in cross-replica form, as in orbit's StandardTrainer:
+`train_loop` runs `steps_per_loop` steps inside one tf.function (the count is
+a Tensor, so it never retraces); each step samples the policy once, runs
+`strategy.run(replica_train_step)` for the SGD update of g, h_S and h_T, then
+measures the reward in inference mode and updates the policy. The trainer
+knows nothing about files or schedules: `loop.py` owns the cadence.
+"""
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from l2tl_tf import models
+from l2tl_tf.config import Config
+from l2tl_tf.policy import Actions, Policy
+
+# Metrics returned by `train_loop`, averaged over the loop's steps.
+METRIC_NAMES = ('loss/total', 'loss/source', 'loss/target', 'loss/weight_decay',
+                'policy/reward', 'policy/baseline', 'policy/advantage', 'policy/alpha',
+                'policy/mean_lambda_kept', 'learning_rate')
+
+
+def select_top_weighted(weights: tf.Tensor, k: int) -> tf.Tensor:
+  """Indices of the k largest weights (ties keep the earlier, shuffled, example).
+
+  This is the paper's selection of the top B_S of M_S * B_S candidates.
+  """
+  return tf.math.top_k(weights, k=k, sorted=False).indices
+
+
+def normalise_source_weights(weights: tf.Tensor, mode: str) -> tf.Tensor:
+  """Scales kept lambda weights; all-zero weights stay zero (never NaN).
+
+  'none' keeps lambda as sampled (Eq. 1). 'mean_one' rescales the global batch
+  to mean 1 (the official code), all-reducing the sum across replicas.
+  """
+  if mode == 'none':
+    return weights
+  local = tf.stack([tf.reduce_sum(weights), tf.cast(tf.size(weights), tf.float32)])
+  context = tf.distribute.get_replica_context()
+  total = context.all_reduce(tf.distribute.ReduceOp.SUM, local) if context else local
+  return tf.math.divide_no_nan(weights * total[1], total[0])
+
+
+def mean_auc(labels: tf.Tensor, scores: tf.Tensor, num_classes: int) -> tf.Tensor:
+  """Mean one-vs-rest ROC AUC over classes present (with negatives) in the batch.
+
+  AUC by the rank-sum (Mann-Whitney) formula; ties in scores get the lower
+  rank, which is exact for continuous probabilities.
+  """
+  positives = tf.one_hot(labels, num_classes)
+  ranks = tf.cast(tf.argsort(tf.argsort(scores, axis=0), axis=0), tf.float32) + 1.0
+  num_pos = tf.reduce_sum(positives, axis=0)
+  num_neg = tf.cast(tf.shape(labels)[0], tf.float32) - num_pos
+  rank_sum = tf.reduce_sum(ranks * positives, axis=0)
+  auc = (rank_sum - num_pos * (num_pos + 1.0) / 2.0) / tf.maximum(num_pos * num_neg, 1.0)
+  valid = tf.cast((num_pos > 0) & (num_neg > 0), tf.float32)
+  return tf.math.divide_no_nan(tf.reduce_sum(auc * valid), tf.reduce_sum(valid))
+
+
+class Trainer:
+  """SGD on g, h_S, h_T and REINFORCE on the policy, for every mode.
+
+  Build inside `strategy.scope()`.
+  """
+
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy,
+               model: models.TransferModel, policy: Optional[Policy]):
+    self.config, self.strategy, self.model, self.policy = config, strategy, model, policy
+    self.mode = config.mode
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    self.optimizer = keras.optimizers.SGD(
+        learning_rate=learning_rate_schedule(config), momentum=config.optimizer.momentum,
+        nesterov=config.optimizer.nesterov)
+    self.optimizer.build(model.trainable_variables)
+    self._decayed = models.weight_decay_variables(model.trainable_variables)
+    self.train_loop = tf.function(self._train_loop)
+
+  # ------------------------------------------------------------ cross-replica
+
+  def _train_loop(self, iterators: dict, num_steps: tf.Tensor) -> dict:
+    """Runs `num_steps` steps; returns each metric's mean over them."""
+    totals = {name: tf.constant(0.0) for name in METRIC_NAMES}
+    for _ in tf.range(num_steps):
+      metrics = self.train_step(iterators)
+      totals = {name: totals[name] + metrics[name] for name in METRIC_NAMES}
+    count = tf.cast(num_steps, tf.float32)
+    return {name: total / count for name, total in totals.items()}
+
+  def train_step(self, iterators: dict) -> dict:
+    """One iteration of Algorithm 1 (or its baseline) across all replicas."""
+    actions = self.policy.sample(self.policy.step_seed(self.step)) if self.policy else None
+    inputs = {}
+    if self.mode.uses_source:
+      inputs['source'] = next(iterators['source'])
+      inputs['lambda'], inputs['alpha'] = self._loss_weights(actions)
+    if self.mode.uses_target:
+      inputs['target'] = next(iterators['target'])
+    per_replica = self.strategy.run(self.replica_train_step, args=(inputs,))
+    metrics = {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+               for name, value in per_replica.items()}
+    metrics['loss/total'] = (metrics['loss/source'] + metrics['loss/target']
+                             + metrics['loss/weight_decay'])
+    metrics['policy/alpha'] = inputs['alpha'] if 'alpha' in inputs else tf.constant(0.0)
+    metrics['policy/mean_lambda_kept'] = tf.math.divide_no_nan(
+        metrics.pop('kept_lambda_sum'), float(self.config.source_batch_size))
+    metrics.update(self._policy_metrics(actions, iterators))
+    metrics['learning_rate'] = tf.cast(self.optimizer.learning_rate, tf.float32)
+    self.step.assign_add(1)
+    return metrics
+
+  def _loss_weights(self, actions: Optional[Actions]):
+    """lambda per source class and alpha_s for this step's source loss."""
+    num_classes = self.config.data.source_num_classes
+    if actions is None:  # pretrain: Eq. 3's (alpha_s, alpha_t) = (1, 0), lambda = 1.
+      return tf.ones([num_classes]), tf.constant(1.0)
+    alpha = self.policy.alpha_values(actions.alpha_level)
+    if self.mode.samples_lambda:
+      return self.policy.lambda_values(actions.lambda_levels), alpha
+    return tf.ones([num_classes]), alpha
+
+  def _policy_metrics(self, actions: Optional[Actions], iterators: dict) -> dict:
+    """Reward on B_P validation examples, then REINFORCE where the mode learns."""
+    zero = tf.constant(0.0)
+    if actions is None:
+      return {'policy/reward': zero, 'policy/baseline': zero, 'policy/advantage': zero}
+    reward = self.reward(next(iterators['reward']))
+    stats = self.policy.update(actions, reward, learn_lambda=self.mode.learns_lambda,
+                               learn_alpha=self.mode.learns_alpha)
+    return {'policy/reward': stats.reward, 'policy/baseline': stats.baseline,
+            'policy/advantage': stats.advantage}
+
+  def reward(self, batch) -> tf.Tensor:
+    """R: top-1 accuracy or mean AUC of h_T(g(x)) over the global B_P batch."""
+    per_replica = self.strategy.run(self.replica_reward_outputs, args=(batch,))
+    if self.config.policy.reward_metric == 'accuracy':
+      correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[0], axis=None)
+      return correct / float(self.config.reward_batch_size)
+    labels = self.strategy.gather(per_replica[1], axis=0)
+    probabilities = self.strategy.gather(per_replica[2], axis=0)
+    return mean_auc(labels, probabilities, self.config.data.target_num_classes)
+
+  # ------------------------------------------------------------ per replica
+
+  def replica_train_step(self, inputs: dict) -> dict:
+    """Forward, backward and SGD update on this replica's share of the batch."""
+    zero = tf.constant(0.0)
+    with tf.GradientTape() as tape:
+      source_loss, kept_lambda_sum = zero, zero
+      if 'source' in inputs:
+        source_loss, kept_lambda_sum = self._source_loss(
+            inputs['source'], inputs['lambda'], inputs['alpha'])
+      target_loss = self._target_loss(inputs['target']) if 'target' in inputs else zero
+      decay = self.config.optimizer.weight_decay * tf.add_n(
+          [tf.nn.l2_loss(v) for v in self._decayed]) / self.strategy.num_replicas_in_sync
+      total = source_loss + target_loss + decay
+    variables = self.model.trainable_variables
+    gradients = tape.gradient(total, variables)
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    return {'loss/source': source_loss, 'loss/target': target_loss,
+            'loss/weight_decay': decay, 'kept_lambda_sum': kept_lambda_sum}
+
+  def _source_loss(self, batch, lambda_per_class, alpha):
+    """alpha_s * sum_j lambda(y_j) L_S / B_S over the top-B_S candidates."""
+    images, labels = batch
+    kept = self.config.source_batch_size // self.strategy.num_replicas_in_sync
+    weights = tf.gather(lambda_per_class, labels)
+    if images.shape[0] != kept:
+      indices = select_top_weighted(weights, kept)
+      images, labels, weights = (tf.gather(images, indices), tf.gather(labels, indices),
+                                 tf.gather(weights, indices))
+    kept_lambda_sum = tf.reduce_sum(weights)
+    weights = normalise_source_weights(weights, self.config.optimizer.source_weight_normalization)
+    logits = self.model.source_logits(images, training=True)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    loss = alpha * tf.nn.compute_average_loss(
+        per_example * weights, global_batch_size=self.config.source_batch_size)
+    return loss, kept_lambda_sum
+
+  def _target_loss(self, batch):
+    images, labels = batch
+    logits = self.model.target_logits(images, training=True)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    return tf.nn.compute_average_loss(per_example,
+                                      global_batch_size=self.config.target_batch_size)
+
+  def replica_reward_outputs(self, batch):
+    """Correct count, labels and probabilities of the target head, inference mode."""
+    images, labels = batch
+    logits = self.model.target_logits(images, training=False)
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                             labels), tf.float32))
+    return correct, tf.identity(labels), tf.nn.softmax(logits)
+
+
+def learning_rate_schedule(config: Config):
+  """Linear warm-up to the base rate, then cosine decay to 0 (Appendix A)."""
+  optimizer = config.optimizer
+  decay_steps = max(config.train_steps - optimizer.warmup_steps, 1)
+  if optimizer.warmup_steps == 0:
+    return keras.optimizers.schedules.CosineDecay(optimizer.learning_rate, decay_steps)
+  return keras.optimizers.schedules.CosineDecay(
+      0.0, decay_steps, warmup_target=optimizer.learning_rate,
+      warmup_steps=optimizer.warmup_steps)
