@@ -32,7 +32,9 @@ def get_strategy(name: str = 'default', tpu: str = '') -> tf.distribute.Strategy
     devices = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
     return tf.distribute.OneDeviceStrategy(devices[0].name)
   if name == 'mirrored':
-    return tf.distribute.MirroredStrategy()
+    # Without accelerators, mirror over every logical CPU (see `split_cpu`).
+    devices = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == 'multi_worker':
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == 'tpu':

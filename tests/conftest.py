@@ -1,0 +1,74 @@
+"""Shared fixtures: two logical CPU devices and tiny ImageNet-style TFRecords.
+
+The CPU is split before TensorFlow initialises, so every test process can
+build a MirroredStrategy over two replicas ('/cpu:0', '/cpu:1').
+"""
+
+import dataclasses
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from l2tl_tf import records, strategy  # pylint: disable=g-import-not-at-top
+from l2tl_tf.config import Config, DataConfig, Mode, ModelConfig, OptimizerConfig, PolicyConfig  # pylint: disable=g-import-not-at-top
+
+strategy.split_cpu(2)
+
+IMAGE_SIZE = 16
+
+
+def striped_images(labels: np.ndarray, rng: np.random.Generator, channels: int = 0):
+  """Noise images with a bright band whose row depends on the label."""
+  shape = (len(labels), IMAGE_SIZE, IMAGE_SIZE) + ((channels,) if channels else ())
+  images = (rng.random(shape) * 60).astype(np.uint8)
+  for i, label in enumerate(labels):
+    row = (int(label) * 3) % (IMAGE_SIZE - 2)
+    images[i, row:row + 2] = 255
+  return images
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyData:
+  source: str
+  target: str
+  target_test: str
+  source_classes: int = 8
+  target_classes: int = 4
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory) -> TinyData:
+  """8-class source and 4-class target TFRecords of 16x16 grayscale PNGs."""
+  root = tmp_path_factory.mktemp('tiny')
+  rng = np.random.default_rng(0)
+  source_labels = np.arange(160) % 8
+  target_labels = np.arange(80) % 4
+  test_labels = np.arange(40) % 4
+  return TinyData(
+      source=records.write_image_records(
+          str(root / 'source' / 'train'), striped_images(source_labels, rng), source_labels,
+          num_shards=2, class_names=[f'class_{i}' for i in range(8)]),
+      target=records.write_image_records(
+          str(root / 'target' / 'train'), striped_images(target_labels, rng), target_labels),
+      target_test=records.write_image_records(
+          str(root / 'target' / 'test'), striped_images(test_labels, rng), test_labels))
+
+
+def tiny_config(data: TinyData, model_dir, mode='l2tl', **overrides) -> Config:
+  """A config that trains in seconds on `tiny_data`."""
+  data_config = DataConfig(
+      source_train=data.source, target_train=data.target, target_test=data.target_test,
+      source_num_classes=data.source_classes, target_num_classes=data.target_classes,
+      image_size=IMAGE_SIZE, num_channels=1, examples_per_class=5, val_examples_per_class=5,
+      random_flip=False, shuffle_buffer=64)
+  values = dict(mode=Mode(mode), model_dir=str(model_dir), train_steps=6, batch_size=4,
+                steps_per_loop=3, checkpoint_every=3, eval_batch_size=16, data=data_config,
+                model=ModelConfig(backbone='small_cnn'),
+                policy=PolicyConfig(learning_rate=0.01),
+                optimizer=OptimizerConfig(learning_rate=0.05, warmup_steps=1))
+  values.update(overrides)
+  return Config(**values)

@@ -1,0 +1,165 @@
+"""Input pipelines on tiny TFRecords written here and on tfds mock data."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from conftest import IMAGE_SIZE, striped_images, tiny_config
+from l2tl_tf import input_pipeline, records
+from l2tl_tf.config import Config, DataConfig
+
+
+def test_parse_spec_tells_tfrecords_from_tfds():
+  assert not input_pipeline.parse_spec('/data/train-*').is_tfds
+  spec = input_pipeline.parse_spec('tfds:imagenet2012_subset/1pct/train[:10%]')
+  assert (spec.tfds_name, spec.tfds_split) == ('imagenet2012_subset/1pct', 'train[:10%]')
+  with pytest.raises(ValueError, match='tfds:NAME/SPLIT'):
+    input_pipeline.parse_spec('tfds:mnist')
+  with pytest.raises(ValueError, match='Empty dataset spec'):
+    input_pipeline.parse_spec('')
+
+
+def test_pattern_matching_nothing_is_an_error(tmp_path):
+  with pytest.raises(ValueError, match='matches no file'):
+    input_pipeline.list_files(str(tmp_path / 'nothing-*'))
+
+
+def test_label_offset_makes_one_based_labels_zero_based(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.array([0, 1, 2, 1])
+  pattern = records.write_image_records(str(tmp_path / 'imagenet'), striped_images(labels, rng),
+                                        labels, label_offset=1)
+  stored = input_pipeline.scan_labels(pattern, DataConfig(), label_offset=0)
+  np.testing.assert_array_equal(stored, labels + 1)
+  np.testing.assert_array_equal(input_pipeline.scan_labels(pattern, DataConfig(), 1), labels)
+
+
+@pytest.mark.parametrize('stored_channels, wanted', [(0, 3), (3, 1), (3, 3), (0, 1)])
+def test_grayscale_and_rgb_decode_to_the_encoder_channels(stored_channels, wanted):
+  rng = np.random.default_rng(0)
+  image = striped_images(np.array([1]), rng, stored_channels)[0]
+  encoded = records.encode_png(image)
+  decoded = input_pipeline.decode_image(tf.constant(encoded), wanted)
+  assert decoded.shape == (IMAGE_SIZE, IMAGE_SIZE, wanted)
+
+
+@pytest.mark.parametrize('crop', ['inception', 'pad_crop', 'none'])
+def test_train_preprocessing_shapes_range_and_determinism(crop):
+  data = DataConfig(image_size=12, num_channels=3, train_crop=crop)
+  image = tf.constant(np.random.default_rng(0).integers(0, 255, (20, 30, 3)), tf.uint8)
+  seed = tf.constant([1, 2], tf.int64)
+  first = input_pipeline.preprocess_train(image, seed, data)
+  assert first.shape == (12, 12, 3)
+  assert 0.0 <= float(tf.reduce_min(first)) and float(tf.reduce_max(first)) <= 1.0
+  np.testing.assert_array_equal(first, input_pipeline.preprocess_train(image, seed, data))
+
+
+def test_auto_crop_picks_inception_only_for_large_images():
+  assert input_pipeline.resolved_crop(DataConfig(image_size=299)) == 'inception'
+  assert input_pipeline.resolved_crop(DataConfig(image_size=28)) == 'pad_crop'
+
+
+def test_eval_preprocessing_is_a_central_crop_for_large_images():
+  data = DataConfig(image_size=224, num_channels=1, train_crop='inception')
+  image = np.zeros((256, 256, 1), np.uint8)
+  image[:16] = 255  # a border band that the 87.5% central crop removes
+  out = input_pipeline.preprocess_eval(tf.constant(image), data)
+  assert out.shape == (224, 224, 1)
+  assert float(tf.reduce_max(out)) == 0.0
+
+
+def test_target_subsets_are_seeded_disjoint_and_k_per_class():
+  labels = np.repeat(np.arange(3), 12)
+  a = input_pipeline.choose_target_subsets(labels, 3, examples_per_class=4,
+                                           val_examples_per_class=5, seed=7)
+  b = input_pipeline.choose_target_subsets(labels, 3, 4, 5, seed=7)
+  c = input_pipeline.choose_target_subsets(labels, 3, 4, 5, seed=8)
+  np.testing.assert_array_equal(a.train_indices, b.train_indices)
+  assert not np.array_equal(a.train_indices, c.train_indices)
+  assert not set(a.train_indices) & set(a.val_indices)
+  np.testing.assert_array_equal(np.bincount(labels[a.train_indices]), [4, 4, 4])
+  np.testing.assert_array_equal(np.bincount(labels[a.val_indices]), [5, 5, 5])
+
+
+def test_target_subsets_reject_bad_labels_and_small_classes():
+  with pytest.raises(ValueError, match='label 3 outside'):
+    input_pipeline.choose_target_subsets(np.array([0, 1, 3]), 3, 0, 0, 0)
+  with pytest.raises(ValueError, match='Target class 1 has 2 examples'):
+    input_pipeline.choose_target_subsets(np.array([0, 0, 0, 1, 1]), 2, 2, 1, 0)
+
+
+def test_streams_have_the_step_batch_shapes(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path)
+  subsets = input_pipeline.target_subsets(config)
+  source_images, source_labels = next(iter(input_pipeline.source_dataset(config)))
+  assert source_images.shape == (5 * 4, IMAGE_SIZE, IMAGE_SIZE, 1)  # M_S * B_S
+  assert source_labels.dtype == tf.int32
+  target_images, _ = next(iter(input_pipeline.target_train_dataset(config, subsets)))
+  assert target_images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 1)
+  reward_images, _ = next(iter(input_pipeline.reward_dataset(config, subsets)))
+  assert reward_images.shape == (16, IMAGE_SIZE, IMAGE_SIZE, 1)  # B_P = 4 * B_T
+
+
+def test_source_stream_is_reproducible_for_a_seed(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path)
+  first = [x.numpy() for x in next(iter(input_pipeline.source_dataset(config)))]
+  again = [x.numpy() for x in next(iter(input_pipeline.source_dataset(config)))]
+  other = [x.numpy() for x in next(iter(input_pipeline.source_dataset(
+      dataclasses.replace(config, seed=5))))]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(first[0], other[0])
+
+
+def test_input_context_shards_source_files_between_pipelines(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1)
+  seen = []
+  for pipeline_id in range(2):
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                         num_replicas_in_sync=2)
+    dataset = input_pipeline.raw_dataset(config.data.source_train, config.data, 0, context)
+    seen.append({bytes(image) for image, _ in dataset.as_numpy_iterator()})
+  assert not seen[0] & seen[1]
+  assert len(seen[0]) + len(seen[1]) == 160
+
+
+def test_global_batch_not_divisible_by_replicas_is_an_error(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path, batch_size=3)
+  context = tf.distribute.InputContext(1, 0, num_replicas_in_sync=2)
+  with pytest.raises(ValueError, match='not divisible by the 2 replicas'):
+    input_pipeline.source_dataset(config, context)
+
+
+def test_carved_reward_set_is_decoded_with_eval_preprocessing(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path)
+  subsets = input_pipeline.target_subsets(config)
+  examples = list(input_pipeline.reward_examples(config, subsets).as_numpy_iterator())
+  assert len(examples) == 4 * 5
+  again = list(input_pipeline.reward_examples(config, subsets).as_numpy_iterator())
+  np.testing.assert_array_equal(examples[0][0], again[0][0])
+
+
+def test_source_class_names_come_from_the_class_names_file(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path)
+  assert input_pipeline.source_class_names(config.data)[:2] == ['class_0', 'class_1']
+  no_names = dataclasses.replace(config.data, source_train=config.data.target_train,
+                                 source_num_classes=4)
+  assert input_pipeline.source_class_names(no_names) == ['0', '1', '2', '3']
+
+
+def test_tfds_specs_stream_through_the_same_pipeline(tmp_path):
+  data = DataConfig(source_train='tfds:dtd/train', target_train='tfds:dtd/train',
+                    target_val='tfds:dtd/validation', source_num_classes=47,
+                    target_num_classes=47, image_size=32, num_channels=3)
+  config = Config(model_dir=str(tmp_path), batch_size=2, source_batch_multiplier=4, data=data)
+  with tfds.testing.mock_data(num_examples=12):
+    images, labels = next(iter(input_pipeline.source_dataset(config)))
+    assert images.shape == (8, 32, 32, 3)
+    assert int(tf.reduce_max(labels)) < 47
+    assert input_pipeline.source_class_names(data)[0] == 'banded'
+    reward_images, _ = next(iter(input_pipeline.reward_dataset(
+        config, input_pipeline.TargetSubsets(12, np.arange(12), np.arange(0)))))
+    assert reward_images.shape == (8, 32, 32, 3)

@@ -1,0 +1,134 @@
+"""End to end: every mode trains, writes its outputs, resumes and warm-starts."""
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from l2tl_tf import loop, models, runs
+from l2tl_tf.config import OptimizerConfig
+
+
+def event_tags(model_dir):
+  tags = set()
+  for path in glob.glob(os.path.join(model_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+@pytest.fixture(scope='module')
+def pretrained(tiny_data, tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp('pretrain')
+  loop.run_training(tiny_config(tiny_data, model_dir, mode='pretrain'), log=lambda _: None)
+  return str(model_dir)
+
+
+@pytest.mark.parametrize('mode', ['scratch', 'finetune', 'l2tl', 'uniform', 'random'])
+def test_each_mode_trains_checkpoints_and_logs(tiny_data, pretrained, tmp_path, mode):
+  warm = '' if mode == 'scratch' else pretrained
+  config = tiny_config(tiny_data, tmp_path, mode=mode, warm_start_from=warm)
+  lines = []
+  result = loop.run_training(config, log=lines.append)
+  assert result.steps == 6
+  assert json.load(open(tmp_path / 'config.json'))['mode'] == mode
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-6')
+  assert any('step 6/6' in line and 'steps/s' in line and 'ETA' in line for line in lines)
+  tags = event_tags(str(tmp_path))
+  assert {'loss/total', 'loss/target', 'learning_rate'} <= tags
+  if config.mode.uses_policy:
+    assert {'policy/reward', 'policy/baseline', 'policy/alpha', 'policy/lambda_entropy',
+            'policy/expected_lambda'} <= tags
+  assert os.path.exists(tmp_path / 'source_class_weights.csv') == (mode == 'l2tl')
+
+
+def test_l2tl_writes_ranked_source_class_weights(tiny_data, pretrained, tmp_path):
+  result = loop.run_training(tiny_config(tiny_data, tmp_path, warm_start_from=pretrained),
+                             log=lambda _: None)
+  with open(tmp_path / 'source_class_weights.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['source_class_id'] for r in rows] == [str(r.class_id) for r in result.ranked_classes]
+  assert sorted(r['name'] for r in rows) == [f'class_{i}' for i in range(8)]
+  expected = [float(r['expected_lambda']) for r in rows]
+  assert expected == sorted(expected, reverse=True)
+  assert all(0.0 <= float(r['std']) <= 0.5 for r in rows)
+
+
+def test_pretrain_trains_on_the_source_only(tiny_data, pretrained):
+  run = runs.restore_for_inference(pretrained)
+  assert run.model.target_head is None and run.model.source_head is not None
+  assert int(run.trainer.step.numpy()) == 6
+
+
+def test_rerunning_the_command_resumes(tiny_data, tmp_path):
+  first = tiny_config(tiny_data, tmp_path, mode='scratch', train_steps=6)
+  loop.run_training(dataclasses.replace(first, train_steps=3), log=lambda _: None)
+  lines = []
+  result = loop.run_training(first, log=lines.append)
+  assert 'Resuming' in lines[0] and 'from step 3' in lines[0]
+  assert result.steps == 6
+  assert sum(line.startswith('[scratch] step') for line in lines) == 1  # 3 steps remained
+
+
+def test_a_model_dir_of_another_run_is_refused(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path, mode='scratch', train_steps=3)
+  loop.run_training(config, log=lambda _: None)
+  other = dataclasses.replace(config, optimizer=OptimizerConfig(learning_rate=0.5,
+                                                                warmup_steps=1))
+  with pytest.raises(ValueError, match='optimizer.learning_rate: 0.05 -> 0.5'):
+    loop.run_training(other, log=lambda _: None)
+
+
+def test_bad_settings_fail_before_anything_is_written(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='l2tl')
+  bad = dataclasses.replace(config, data=dataclasses.replace(config.data, source_train=''))
+  with pytest.raises(ValueError, match='needs --source_train'):
+    loop.run_training(bad)
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def _fake_pretrained_checkpoint(path, source_classes):
+  """A checkpoint shaped like a pretrain run's, with recognisable weights."""
+  model = models.TransferModel('small_cnn', 16, 1, source_classes, 0)
+  for variable in model.trainable_variables:
+    variable.assign(tf.fill(variable.shape, 0.01))
+  tf.train.Checkpoint(encoder=model.encoder, source_head=model.source_head).save(path)
+  return model
+
+
+def test_warm_start_loads_encoder_and_source_head(tiny_data, tmp_path):
+  fake = _fake_pretrained_checkpoint(str(tmp_path / 'fake' / 'ckpt'), 8)
+  config = tiny_config(tiny_data, tmp_path / 'run', warm_start_from=str(tmp_path / 'fake'),
+                       train_steps=1, steps_per_loop=1, checkpoint_every=1,
+                       optimizer=OptimizerConfig(learning_rate=0.0, warmup_steps=0,
+                                                 weight_decay=0.0))
+  loop.run_training(config, log=lambda _: None)
+  run = runs.restore_for_inference(str(tmp_path / 'run'))
+  for name in ('encoder', 'source_head'):
+    expected = getattr(fake, name).trainable_variables
+    actual = getattr(run.model, name).trainable_variables
+    for e, a in zip(expected, actual):
+      np.testing.assert_array_equal(a.numpy(), e.numpy(), err_msg=a.name)
+  assert not np.allclose(run.model.target_head.kernel.numpy(), 0.01)
+
+
+def test_warm_start_from_another_class_count_is_explained(tiny_data, tmp_path):
+  _fake_pretrained_checkpoint(str(tmp_path / 'fake' / 'ckpt'), 5)
+  config = tiny_config(tiny_data, tmp_path / 'run', warm_start_from=str(tmp_path / 'fake'))
+  with pytest.raises(ValueError, match='Cannot warm start'):
+    loop.run_training(config, log=lambda _: None)
+
+
+def test_l2tl_runs_under_mirrored_strategy_with_batchnorm(tiny_data, pretrained, tmp_path):
+  mirrored = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  config = tiny_config(tiny_data, tmp_path, warm_start_from=pretrained)
+  result = loop.run_training(config, strategy=mirrored, log=lambda _: None)
+  assert result.steps == 6
+  assert np.isfinite(result.final_metrics['loss/total'])
+  assert 0.0 <= result.final_metrics['policy/reward'] <= 1.0

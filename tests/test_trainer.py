@@ -1,0 +1,125 @@
+"""Step functions: selection, weight normalisation, AUC, and replica equivalence."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from l2tl_tf import input_pipeline, models, runs, strategy as strategy_lib
+from l2tl_tf.config import ModelConfig
+from l2tl_tf.trainer import mean_auc, normalise_source_weights, select_top_weighted
+
+
+def test_top_weighted_selection_keeps_the_highest_weights():
+  weights = tf.constant([0.1, 0.9, 0.0, 0.5, 0.7, 0.2])
+  kept = np.sort(select_top_weighted(weights, 3).numpy())
+  np.testing.assert_array_equal(kept, [1, 3, 4])
+
+
+def test_top_weighted_selection_with_ties_keeps_k_examples():
+  kept = select_top_weighted(tf.zeros([10]), 4).numpy()
+  assert len(set(kept.tolist())) == 4
+
+
+def test_normalisation_none_keeps_lambda():
+  weights = tf.constant([0.0, 0.5, 1.0])
+  np.testing.assert_allclose(normalise_source_weights(weights, 'none'), weights)
+
+
+def test_normalisation_mean_one_rescales_to_mean_one():
+  normalised = normalise_source_weights(tf.constant([0.0, 0.5, 1.0]), 'mean_one').numpy()
+  np.testing.assert_allclose(normalised.mean(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(normalised, [0.0, 1.0, 2.0], rtol=1e-6)
+
+
+def test_normalisation_of_all_zero_weights_is_zero_not_nan():
+  normalised = normalise_source_weights(tf.zeros([4]), 'mean_one').numpy()
+  np.testing.assert_array_equal(normalised, np.zeros(4))
+
+
+def test_mean_auc_matches_pairwise_counting():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 40)
+  scores = rng.random((40, 3)).astype(np.float32)
+  aucs = []
+  for cls in range(3):
+    pos, neg = scores[labels == cls, cls], scores[labels != cls, cls]
+    aucs.append(np.mean(pos[:, None] > neg[None, :]))
+  np.testing.assert_allclose(mean_auc(tf.constant(labels, tf.int32), scores, 3), np.mean(aucs),
+                             rtol=1e-5)
+
+
+def test_mean_auc_is_one_for_perfect_scores():
+  labels = tf.constant([0, 1, 2, 1])
+  assert float(mean_auc(labels, tf.one_hot(labels, 3), 3)) == pytest.approx(1.0)
+
+
+def _dense_encoder(image_size, num_channels, weights):
+  """A BatchNorm-free encoder: per-replica BN statistics would differ by design."""
+  del weights
+  inputs = keras.Input((image_size, image_size, num_channels))
+  x = keras.layers.Flatten()(inputs)
+  x = keras.layers.Dense(16, activation='relu')(x)
+  return keras.Model(inputs, x)
+
+
+def _run_steps(config, strategy, num_steps):
+  keras.utils.set_random_seed(0)
+  run = runs.build(config, strategy)
+  subsets = input_pipeline.target_subsets(config)
+  makers = {
+      'source': lambda ctx: input_pipeline.source_dataset(config, ctx),
+      'target': lambda ctx: input_pipeline.target_train_dataset(config, subsets, ctx),
+      'reward': lambda ctx: input_pipeline.reward_dataset(config, subsets, ctx),
+  }
+  iterators = {k: iter(strategy.distribute_datasets_from_function(f)) for k, f in makers.items()}
+  metrics = run.trainer.train_loop(iterators, tf.constant(num_steps))
+  actions = run.policy.sample(run.policy.step_seed(tf.constant(0, tf.int64)))
+  return run, {k: float(v) for k, v in metrics.items()}, actions
+
+
+def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch):
+  """Two replicas on two logical CPUs reproduce the single-device update.
+
+  M_S = 1 so that no top-B_S selection happens: per-replica selection picks the
+  top of each replica's candidates, which differs from the global top by design.
+  """
+  monkeypatch.setitem(models.ENCODERS, 'dense_test', _dense_encoder)
+  monkeypatch.setitem(models._MIN_IMAGE_SIZE, 'dense_test', 1)  # pylint: disable=protected-access
+  config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1,
+                       model=ModelConfig(backbone='dense_test'))
+  mirrored = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  assert mirrored.num_replicas_in_sync == 2
+  single_run, single_metrics, single_actions = _run_steps(config, tf.distribute.get_strategy(), 2)
+  mirrored_run, mirrored_metrics, mirrored_actions = _run_steps(config, mirrored, 2)
+
+  np.testing.assert_array_equal(single_actions.lambda_levels, mirrored_actions.lambda_levels)
+  assert int(single_actions.alpha_level) == int(mirrored_actions.alpha_level)
+  for name in ('loss/source', 'loss/target', 'policy/reward', 'policy/baseline'):
+    assert mirrored_metrics[name] == pytest.approx(single_metrics[name], rel=1e-4, abs=1e-6)
+  single_vars = single_run.model.trainable_variables
+  mirrored_vars = mirrored_run.model.trainable_variables
+  assert len(single_vars) == len(mirrored_vars)
+  for a, b in zip(single_vars, mirrored_vars):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.name)
+  np.testing.assert_allclose(single_run.policy.lambda_logits.numpy(),
+                             mirrored_run.policy.lambda_logits.numpy(), atol=1e-6)
+  np.testing.assert_allclose(single_run.policy.alpha_logits.numpy(),
+                             mirrored_run.policy.alpha_logits.numpy(), atol=1e-6)
+  assert int(mirrored_run.trainer.step.numpy()) == 2
+
+
+def test_get_strategy_builds_each_local_strategy():
+  assert strategy_lib.get_strategy('default').num_replicas_in_sync == 1
+  assert strategy_lib.get_strategy('one_device').num_replicas_in_sync == 1
+  assert strategy_lib.get_strategy('mirrored').num_replicas_in_sync == 2
+
+
+@pytest.mark.parametrize('name, tpu, message', [('bogus', '', 'unknown'),
+                                                ('tpu', '', 'needs --tpu')])
+def test_get_strategy_errors_name_the_fix(name, tpu, message):
+  with pytest.raises(ValueError, match=message):
+    strategy_lib.get_strategy(name, tpu)
