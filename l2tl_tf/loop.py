@@ -6,7 +6,6 @@ a step computes. Summaries and checkpoints happen only between loops of
 """
 
 import dataclasses
-import sys
 import time
 from typing import Optional
 
@@ -30,12 +29,13 @@ class TrainResult:
 
 
 def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
-                 log=print) -> TrainResult:
+                 log=None) -> TrainResult:
   """Trains (or resumes) the run described by `config`.
 
   Every check that can fail on the settings or the data runs before the
   first step; `config.json` is written before anything else in model_dir.
   """
+  log = log or print_flushed
   config_lib.validate(config)
   if config.optimizer.warmup_steps >= config.train_steps and config.optimizer.warmup_steps:
     raise ValueError(f'--warmup_steps={config.optimizer.warmup_steps} >= --train_steps='
@@ -135,5 +135,6 @@ def _duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m{secs:02d}s' if hours else f'{minutes}m{secs:02d}s'
 
 
-def stderr_log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
+def print_flushed(message: str) -> None:
+  """Default progress sink: flushed so progress shows even when piped to a file."""
+  print(message, flush=True)

@@ -21,7 +21,8 @@ from l2tl_tf.config import Mode
 
 FLAGS = flags.FLAGS
 FLAGS_DIR = pathlib.Path(__file__).resolve().parents[1] / 'flags'
-ALL_FLAGFILES = sorted(FLAGS_DIR.rglob('*.flags'))
+# flags/demo/ holds flagfiles of the demo binary, checked in test_demo.py.
+ALL_FLAGFILES = sorted(p for p in FLAGS_DIR.rglob('*.flags') if p.parent.name != 'demo')
 PAPER_FLAGFILES = sorted((FLAGS_DIR / 'paper').glob('*.flags'))
 PRETRAIN_FLAGFILES = sorted((FLAGS_DIR / 'pretrain').glob('*.flags'))
 
