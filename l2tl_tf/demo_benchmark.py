@@ -46,6 +46,8 @@ class DemoReport:
   top_classes: list
   export_dir: str
   source_num_classes: int
+  # (lowest, highest) expected lambda over all source classes.
+  lambda_range: tuple
 
 
 def demo_configs(settings: DemoSettings, data: demo_data.DemoData) -> dict[str, Config]:
@@ -100,7 +102,8 @@ def run_demo(settings: DemoSettings,
       accuracies[name] = evaluation.evaluate(config.model_dir, 'test')['top1']
   export_dir = serving.export_saved_model(
       configs['l2tl'].model_dir, os.path.join(configs['l2tl'].model_dir, 'export'))
-  return DemoReport(accuracies, seconds, ranked[:10], export_dir, data.source_num_classes)
+  return DemoReport(accuracies, seconds, ranked[:10], export_dir, data.source_num_classes,
+                    (ranked[-1].expected_lambda, ranked[0].expected_lambda))
 
 
 def format_report(report: DemoReport, settings: DemoSettings) -> str:
@@ -112,7 +115,9 @@ def format_report(report: DemoReport, settings: DemoSettings) -> str:
     lines.append(f'| {method} | {100 * report.accuracies[method]:.1f} | '
                  f'{report.seconds[method]:.0f} |')
   lines.append(f'(pretraining on the source: {report.seconds["pretrain"]:.0f} s)')
-  lines += ['', 'Top source classes by expected lambda (L2TL):']
+  low, high = report.lambda_range
+  lines += ['', f'Top source classes by expected lambda (L2TL; all {report.source_num_classes} '
+                f'classes lie in [{low:.3f}, {high:.3f}], a uniform policy gives 0.5):']
   for rank, row in enumerate(report.top_classes, start=1):
     lines.append(f'{rank:3d}. {row.name!r:8s} (class {row.class_id}) '
                  f'lambda {row.expected_lambda:.3f} +- {row.std:.3f}')

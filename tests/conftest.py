@@ -31,6 +31,17 @@ def striped_images(labels: np.ndarray, rng: np.random.Generator, channels: int =
   return images
 
 
+@pytest.fixture(scope='session')
+def mirrored():
+  """One MirroredStrategy over '/cpu:0' and '/cpu:1' for the whole session.
+
+  Several MirroredStrategy objects in one process reuse collective instance
+  keys, and a later all-reduce can then meet an earlier one's shapes
+  ("Shape mismatch in the collective instance"): share one.
+  """
+  return strategy.get_strategy('mirrored')
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyData:
   source: str

@@ -125,8 +125,8 @@ def test_warm_start_from_another_class_count_is_explained(tiny_data, tmp_path):
     loop.run_training(config, log=lambda _: None)
 
 
-def test_l2tl_runs_under_mirrored_strategy_with_batchnorm(tiny_data, pretrained, tmp_path):
-  mirrored = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+def test_l2tl_runs_under_mirrored_strategy_with_batchnorm(tiny_data, pretrained, tmp_path,
+                                                         mirrored):
   config = tiny_config(tiny_data, tmp_path, warm_start_from=pretrained)
   result = loop.run_training(config, strategy=mirrored, log=lambda _: None)
   assert result.steps == 6

@@ -81,7 +81,7 @@ def _run_steps(config, strategy, num_steps):
   return run, {k: float(v) for k, v in metrics.items()}, actions
 
 
-def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch):
+def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch, mirrored):
   """Two replicas on two logical CPUs reproduce the single-device update.
 
   M_S = 1 so that no top-B_S selection happens: per-replica selection picks the
@@ -91,7 +91,6 @@ def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch):
   monkeypatch.setitem(models._MIN_IMAGE_SIZE, 'dense_test', 1)  # pylint: disable=protected-access
   config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1,
                        model=ModelConfig(backbone='dense_test'))
-  mirrored = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   assert mirrored.num_replicas_in_sync == 2
   single_run, single_metrics, single_actions = _run_steps(config, tf.distribute.get_strategy(), 2)
   mirrored_run, mirrored_metrics, mirrored_actions = _run_steps(config, mirrored, 2)
@@ -112,10 +111,11 @@ def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch):
   assert int(mirrored_run.trainer.step.numpy()) == 2
 
 
-def test_get_strategy_builds_each_local_strategy():
+def test_get_strategy_builds_each_local_strategy(mirrored):
   assert strategy_lib.get_strategy('default').num_replicas_in_sync == 1
   assert strategy_lib.get_strategy('one_device').num_replicas_in_sync == 1
-  assert strategy_lib.get_strategy('mirrored').num_replicas_in_sync == 2
+  assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+  assert mirrored.num_replicas_in_sync == 2  # one replica per logical CPU
 
 
 @pytest.mark.parametrize('name, tpu, message', [('bogus', '', 'unknown'),
