@@ -99,7 +99,8 @@ np.save({str(tmp_path / 'served.npy')!r}, np.stack([a.numpy(), b.numpy()]))
   np.testing.assert_allclose(served[0], expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(served[1], expected, rtol=1e-5, atol=1e-6)
 
-  cli = subprocess.run(['saved_model_cli', 'show', '--dir', export_dir, '--all'],
+  cli = subprocess.run([sys.executable, '-m', 'tensorflow.python.tools.saved_model_cli',
+                        'show', '--dir', export_dir, '--all'],
                        capture_output=True, text=True, check=True, timeout=120)
   assert "signature_def['serving_default']" in cli.stdout
   assert "signature_def['serving_examples']" in cli.stdout
