@@ -2,7 +2,7 @@
 
 import setuptools
 
-BINARIES = ('train', 'evaluate', 'export', 'rank', 'demo')
+BINARIES = ('train', 'evaluate', 'export', 'rank', 'demo', 'datl_weights')
 
 setuptools.setup(
     name='l2tl_tf',
@@ -28,5 +28,5 @@ setuptools.setup(
         'test': ['pytest', 'importlib_resources', 'mlxtend', 'matplotlib', 'pillow'],
     },
     entry_points={'console_scripts': [
-        f'l2tl-{name}=l2tl_tf.{name}:run' for name in BINARIES]},
+        f'l2tl-{name.replace("_", "-")}=l2tl_tf.{name}:run' for name in BINARIES]},
 )

@@ -25,6 +25,9 @@ class Mode(str, enum.Enum):
   uniform:  ablation of Sec. 5.1.2: lambda = 1 for every class, alpha_s learned.
   random:   ablation of Sec. 5.1.2 (random search): lambda sampled from the
             initial uniform policy and never learned; alpha_s still learned.
+  fixed:    joint training with lambda fixed per source class from
+            --fixed_source_weights (e.g. the planted-class oracle); alpha_s
+            learned as in uniform.
   """
   SCRATCH = 'scratch'
   PRETRAIN = 'pretrain'
@@ -32,10 +35,11 @@ class Mode(str, enum.Enum):
   L2TL = 'l2tl'
   UNIFORM = 'uniform'
   RANDOM = 'random'
+  FIXED = 'fixed'
 
   @property
   def uses_source(self) -> bool:
-    return self in (Mode.PRETRAIN, Mode.L2TL, Mode.UNIFORM, Mode.RANDOM)
+    return self in (Mode.PRETRAIN, Mode.L2TL, Mode.UNIFORM, Mode.RANDOM, Mode.FIXED)
 
   @property
   def uses_target(self) -> bool:
@@ -44,7 +48,7 @@ class Mode(str, enum.Enum):
   @property
   def uses_policy(self) -> bool:
     """Whether actions are sampled and a reward is computed every step."""
-    return self in (Mode.L2TL, Mode.UNIFORM, Mode.RANDOM)
+    return self in (Mode.L2TL, Mode.UNIFORM, Mode.RANDOM, Mode.FIXED)
 
   @property
   def learns_lambda(self) -> bool:
@@ -57,7 +61,7 @@ class Mode(str, enum.Enum):
 
   @property
   def learns_alpha(self) -> bool:
-    return self in (Mode.L2TL, Mode.UNIFORM, Mode.RANDOM)
+    return self in (Mode.L2TL, Mode.UNIFORM, Mode.RANDOM, Mode.FIXED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +148,9 @@ class Config:
   mode: Mode = Mode.L2TL
   model_dir: str = ''
   warm_start_from: str = ''
+  # CSV of lambda per source class (the columns of source_class_weights.csv):
+  # fixes lambda in modes fixed and pretrain (DATL's importance weights).
+  fixed_source_weights: str = ''
   seed: int = 0
   train_steps: int = 20_000
   # B_T; B_S = source_batch_ratio * B_T, B_P = reward_batch_ratio * B_T.
@@ -176,7 +183,8 @@ class Config:
   @property
   def source_candidate_batch_size(self) -> int:
     """M_S * B_S, global: the source examples drawn per step."""
-    multiplier = self.source_batch_multiplier if self.mode.samples_lambda else 1
+    selects = self.mode.samples_lambda or bool(self.fixed_source_weights)
+    multiplier = self.source_batch_multiplier if selects else 1
     return multiplier * self.source_batch_size
 
   @property
@@ -250,6 +258,10 @@ def validate(config: Config) -> None:
              f'--reward_batch_ratio={config.reward_batch_ratio} gives B_P = 0.')
   _require(config.mode is not Mode.FINETUNE or config.warm_start_from,
            '--mode=finetune needs --warm_start_from (a pretrain run dir or checkpoint).')
+  _require(config.mode is not Mode.FIXED or config.fixed_source_weights,
+           '--mode=fixed needs --fixed_source_weights (a CSV of lambda per source class).')
+  _require(not config.fixed_source_weights or config.mode in (Mode.FIXED, Mode.PRETRAIN),
+           f'--fixed_source_weights is used by --mode=fixed or pretrain, not {config.mode.value}.')
   _require(policy.num_lambda_levels >= 2,
            f'--num_lambda_levels={policy.num_lambda_levels} must be >= 2.')
   _require(policy.num_alpha_levels >= 2,

@@ -17,7 +17,10 @@ FLAGS = flags.FLAGS
 
 # flag name -> (config section or '' for top level, field name, help).
 _FIELDS = {
-    'mode': ('', 'mode', 'scratch | pretrain | finetune | l2tl | uniform | random.'),
+    'mode': ('', 'mode', 'scratch | pretrain | finetune | l2tl | uniform | random | fixed.'),
+    'fixed_source_weights': ('', 'fixed_source_weights',
+                             'CSV of lambda per source class (source_class_weights.csv '
+                             'columns) for --mode=fixed, or weighted (DATL) pretraining.'),
     'model_dir': ('', 'model_dir', 'Run directory: config.json, checkpoints, events, outputs.'),
     'warm_start_from': ('', 'warm_start_from',
                         'Pretrain run directory or checkpoint prefix to initialise g (and h_S).'),

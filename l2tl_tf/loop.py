@@ -44,8 +44,11 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   subsets = input_pipeline.target_subsets(config) if config.mode.uses_target else None
   class_names = (input_pipeline.source_class_names(config.data)
                  if config.mode.uses_source else None)
+  fixed_lambda = (ranking.read_class_weight_vector(config.fixed_source_weights,
+                                                   config.data.source_num_classes)
+                  if config.fixed_source_weights else None)
   runs.prepare_run_dir(config)
-  run = runs.build(config, strategy)
+  run = runs.build(config, strategy, fixed_lambda)
   _initialise(run, log)
   iterators = _iterators(config, strategy, subsets)
   writer = tf.summary.create_file_writer(config.model_dir)

@@ -34,6 +34,7 @@ def rank_source_classes(policy: Policy, class_names: list[str], num_samples: int
 
 
 def write_source_class_weights(ranked: list[RankedClass], model_dir: str) -> str:
+  os.makedirs(model_dir, exist_ok=True)
   path = os.path.join(model_dir, WEIGHTS_FILE)
   with open(path, 'w', newline='', encoding='utf-8') as f:
     writer = csv.writer(f)
@@ -47,3 +48,24 @@ def read_source_class_weights(model_dir: str) -> list[RankedClass]:
   with open(os.path.join(model_dir, WEIGHTS_FILE), newline='', encoding='utf-8') as f:
     return [RankedClass(int(r['source_class_id']), r['name'], float(r['expected_lambda']),
                         float(r['std'])) for r in csv.DictReader(f)]
+
+
+def read_class_weight_vector(path: str, num_classes: int) -> np.ndarray:
+  """lambda per source class id from a source_class_weights.csv-style file.
+
+  Raises:
+    ValueError: when a class id is missing, repeated or out of range, or a
+      weight is outside [0, 1].
+  """
+  with open(path, newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  ids = np.array([int(r['source_class_id']) for r in rows])
+  weights = np.array([float(r['expected_lambda']) for r in rows], dtype=np.float32)
+  if sorted(ids.tolist()) != list(range(num_classes)):
+    raise ValueError(f'{path} must list every source class id 0..{num_classes - 1} once '
+                     f'(--source_num_classes={num_classes}); it lists {len(ids)} rows.')
+  if weights.min() < 0.0 or weights.max() > 1.0:
+    raise ValueError(f'{path} has weights outside [0, 1] ({weights.min()} .. {weights.max()}).')
+  vector = np.zeros(num_classes, np.float32)
+  vector[ids] = weights
+  return vector

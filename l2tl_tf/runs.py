@@ -10,6 +10,7 @@ import json
 import os
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from l2tl_tf import config as config_lib
@@ -73,8 +74,13 @@ def _differences(old: dict, new: dict, prefix: str = '') -> dict:
   return found
 
 
-def build(config: Config, strategy: tf.distribute.Strategy) -> Run:
-  """Creates model, policy, optimizers and the checkpoint under `strategy`."""
+def build(config: Config, strategy: tf.distribute.Strategy,
+          fixed_lambda: Optional[np.ndarray] = None) -> Run:
+  """Creates model, policy, optimizers and the checkpoint under `strategy`.
+
+  `fixed_lambda` (lambda per source class) replaces the policy's lambda in
+  training; inference needs none.
+  """
   data = config.data
   source_classes = data.source_num_classes if config.mode.uses_source else 0
   target_classes = data.target_num_classes if config.mode.uses_target else 0
@@ -83,7 +89,7 @@ def build(config: Config, strategy: tf.distribute.Strategy) -> Run:
                           source_classes, target_classes, config.model.backbone_weights)
     policy = (Policy(data.source_num_classes, config.policy, config.seed)
               if config.mode.uses_policy else None)
-    trainer = Trainer(config, strategy, model, policy)
+    trainer = Trainer(config, strategy, model, policy, fixed_lambda)
   items = dict(model.checkpoint_items(), optimizer=trainer.optimizer, step=trainer.step)
   if policy is not None:
     items['policy'] = policy

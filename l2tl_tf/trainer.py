@@ -11,6 +11,7 @@ knows nothing about files or schedules: `loop.py` owns the cadence.
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from l2tl_tf import models
@@ -68,8 +69,11 @@ class Trainer:
   """
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy,
-               model: models.TransferModel, policy: Optional[Policy]):
+               model: models.TransferModel, policy: Optional[Policy],
+               fixed_lambda: Optional[np.ndarray] = None):
     self.config, self.strategy, self.model, self.policy = config, strategy, model, policy
+    self.fixed_lambda = (None if fixed_lambda is None
+                         else tf.constant(fixed_lambda, tf.float32))
     self.mode = config.mode
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
     self.optimizer = keras.optimizers.SGD(
@@ -113,14 +117,19 @@ class Trainer:
     return metrics
 
   def _loss_weights(self, actions: Optional[Actions]):
-    """lambda per source class and alpha_s for this step's source loss."""
-    num_classes = self.config.data.source_num_classes
-    if actions is None:  # pretrain: Eq. 3's (alpha_s, alpha_t) = (1, 0), lambda = 1.
-      return tf.ones([num_classes]), tf.constant(1.0)
-    alpha = self.policy.alpha_values(actions.alpha_level)
-    if self.mode.samples_lambda:
-      return self.policy.lambda_values(actions.lambda_levels), alpha
-    return tf.ones([num_classes]), alpha
+    """lambda per source class and alpha_s for this step's source loss.
+
+    Without a policy (pretrain), alpha_s = 1 as in Eq. 3's (alpha_s, alpha_t) =
+    (1, 0); lambda is 1 unless fixed weights are given.
+    """
+    if self.fixed_lambda is not None:
+      lambdas = self.fixed_lambda
+    elif self.mode.samples_lambda:
+      lambdas = self.policy.lambda_values(actions.lambda_levels)
+    else:
+      lambdas = tf.ones([self.config.data.source_num_classes])
+    alpha = self.policy.alpha_values(actions.alpha_level) if actions else tf.constant(1.0)
+    return lambdas, alpha
 
   def _policy_metrics(self, actions: Optional[Actions], iterators: dict) -> dict:
     """Reward on B_P validation examples, then REINFORCE where the mode learns."""

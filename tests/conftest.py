@@ -83,3 +83,12 @@ def tiny_config(data: TinyData, model_dir, mode='l2tl', **overrides) -> Config:
                 optimizer=OptimizerConfig(learning_rate=0.05, warmup_steps=1))
   values.update(overrides)
   return Config(**values)
+
+
+@pytest.fixture(scope='session')
+def pretrained(tiny_data, tmp_path_factory) -> str:
+  """A pretrain run on the tiny source, for warm starts."""
+  from l2tl_tf import loop  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path_factory.mktemp('pretrain')
+  loop.run_training(tiny_config(tiny_data, model_dir, mode='pretrain'), log=lambda _: None)
+  return str(model_dir)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from l2tl_tf import loop, models, runs
+from l2tl_tf import loop, models, ranking, runs
 from l2tl_tf.config import OptimizerConfig
 
 
@@ -23,17 +23,19 @@ def event_tags(model_dir):
   return tags
 
 
-@pytest.fixture(scope='module')
-def pretrained(tiny_data, tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp('pretrain')
-  loop.run_training(tiny_config(tiny_data, model_dir, mode='pretrain'), log=lambda _: None)
-  return str(model_dir)
+def write_weights(path, weights):
+  ranked = [ranking.RankedClass(i, f'class_{i}', w, 0.0) for i, w in enumerate(weights)]
+  ranking.write_source_class_weights(ranked, str(path))
+  return str(path / ranking.WEIGHTS_FILE)
 
 
-@pytest.mark.parametrize('mode', ['scratch', 'finetune', 'l2tl', 'uniform', 'random'])
+@pytest.mark.parametrize('mode', ['scratch', 'finetune', 'l2tl', 'uniform', 'random', 'fixed'])
 def test_each_mode_trains_checkpoints_and_logs(tiny_data, pretrained, tmp_path, mode):
   warm = '' if mode == 'scratch' else pretrained
-  config = tiny_config(tiny_data, tmp_path, mode=mode, warm_start_from=warm)
+  weights = write_weights(tmp_path / 'w', [1.0] * 8) if mode == 'fixed' else ''
+  config = tiny_config(tiny_data, tmp_path / 'run', mode=mode, warm_start_from=warm,
+                       fixed_source_weights=weights)
+  tmp_path = tmp_path / 'run'
   lines = []
   result = loop.run_training(config, log=lines.append)
   assert result.steps == 6
@@ -132,3 +134,22 @@ def test_l2tl_runs_under_mirrored_strategy_with_batchnorm(tiny_data, pretrained,
   assert result.steps == 6
   assert np.isfinite(result.final_metrics['loss/total'])
   assert 0.0 <= result.final_metrics['policy/reward'] <= 1.0
+
+
+def test_fixed_weights_select_and_weight_the_source(tiny_data, pretrained, tmp_path):
+  """Only class 0 has weight: kept candidates are class 0 first, the rest weigh 0."""
+  weights = write_weights(tmp_path, [1.0] + [0.0] * 7)
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='pretrain', warm_start_from=pretrained,
+                       fixed_source_weights=weights, steps_per_loop=6)
+  result = loop.run_training(config, log=lambda _: None)
+  # 20 candidates of 8 classes hold about 2.5 of class 0 for 4 kept places.
+  assert 0.0 < result.final_metrics['policy/mean_lambda_kept'] < 1.0
+
+
+@pytest.mark.parametrize('weights, message', [([0.5] * 7, 'every source class id'),
+                                              ([2.0] + [0.5] * 7, 'outside')])
+def test_bad_fixed_weights_are_explained(tiny_data, tmp_path, weights, message):
+  path = write_weights(tmp_path, weights)
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='fixed', fixed_source_weights=path)
+  with pytest.raises(ValueError, match=message):
+    loop.run_training(config, log=lambda _: None)
