@@ -160,6 +160,9 @@ class Config:
   # M_S: source candidates per kept source example.
   source_batch_multiplier: int = 5
   eval_batch_size: int = 256
+  # Top-1 of the target head on the whole validation set every this many
+  # steps (0: never), for validation curves; inference mode, no training.
+  eval_every: int = 0
   steps_per_loop: int = 100
   checkpoint_every: int = 1_000
   keep_checkpoints: int = 5
@@ -224,7 +227,7 @@ def _enum_value(value):
 # long or how visibly a run goes, not what it computes.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
-    'eval_batch_size', 'data.target_test', 'strategy', 'tpu'})
+    'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu'})
 
 
 def validate(config: Config) -> None:

@@ -6,6 +6,7 @@ plus `mean_auc`, one-vs-rest over the split, and the checkpoint `step`).
 
 import json
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -16,17 +17,26 @@ from l2tl_tf.runs import Run
 METRICS_FILE = 'metrics.json'
 
 
-def predict(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Target-head probabilities and labels over a whole split, in order."""
-  predict_batch = tf.function(
+def make_predictor(run: Run) -> Callable[[tf.Tensor], tf.Tensor]:
+  """A traced images -> target-head probabilities function (inference mode)."""
+  return tf.function(
       lambda images: tf.nn.softmax(run.model.target_logits(images, training=False)))
+
+
+def predict_dataset(predictor: Callable, dataset: tf.data.Dataset) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+  """Probabilities and labels over a batched (images, labels) dataset, in order."""
   probabilities, labels = [], []
-  for images, batch_labels in input_pipeline.eval_dataset(run.config, split):
-    probabilities.append(predict_batch(images).numpy())
+  for images, batch_labels in dataset:
+    probabilities.append(predictor(images).numpy())
     labels.append(batch_labels.numpy())
   if not labels:
-    raise ValueError(f'Split {split!r} of {run.config.model_dir} holds no example.')
+    raise ValueError('The evaluation dataset holds no example.')
   return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def top1(probabilities: np.ndarray, labels: np.ndarray) -> float:
+  return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
 def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -53,11 +63,12 @@ def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict
   run = runs.restore_for_inference(model_dir, target_test=target_test)
   if run.model.target_head is None:
     raise ValueError(f'{model_dir} is a {run.config.mode.value} run: it has no target head.')
-  probabilities, labels = predict(run, split)
+  probabilities, labels = predict_dataset(make_predictor(run),
+                                          input_pipeline.eval_dataset(run.config, split))
   metrics = {
       'split': split,
       'num_examples': int(len(labels)),
-      'top1': float(np.mean(np.argmax(probabilities, axis=1) == labels)),
+      'top1': top1(probabilities, labels),
       'mean_auc': one_vs_rest_auc(labels, probabilities),
       'step': int(run.trainer.step.numpy()),
   }

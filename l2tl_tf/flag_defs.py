@@ -32,6 +32,8 @@ _FIELDS = {
     'source_batch_multiplier': ('', 'source_batch_multiplier',
                                 'M_S: source candidates drawn per kept example (paper: 5).'),
     'eval_batch_size': ('', 'eval_batch_size', 'Batch size for evaluation passes.'),
+    'eval_every': ('', 'eval_every',
+                   'Validation top-1 every this many steps (0: never), for curves.'),
     'steps_per_loop': ('', 'steps_per_loop', 'Steps per tf.function call (summaries between).'),
     'checkpoint_every': ('', 'checkpoint_every', 'Save a checkpoint every this many steps.'),
     'keep_checkpoints': ('', 'keep_checkpoints', 'Checkpoints kept in model_dir.'),

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2tl_tf import config as config_lib
-from l2tl_tf import input_pipeline, ranking, runs
+from l2tl_tf import evaluation, input_pipeline, ranking, runs
 from l2tl_tf.config import Config
 from l2tl_tf.strategy import get_strategy
 
@@ -26,6 +26,9 @@ class TrainResult:
   final_metrics: dict
   seconds: float
   ranked_classes: Optional[list] = None
+  # One entry per loop: {'step': ..., metric: mean over the loop, ...} plus
+  # 'eval/val_top1' where evaluated (see Config.eval_every).
+  history: list = dataclasses.field(default_factory=list)
 
 
 def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
@@ -52,14 +55,18 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   _initialise(run, log)
   iterators = _iterators(config, strategy, subsets)
   writer = tf.summary.create_file_writer(config.model_dir)
+  validate_on = _validation_evaluator(config, run, subsets)
   start, started = int(run.trainer.step.numpy()), time.time()
-  metrics = {}
+  metrics, history = {}, []
   while (step := int(run.trainer.step.numpy())) < config.train_steps:
     num_steps = _steps_this_loop(config, step)
     loop_start = time.time()
     metrics = {k: float(v) for k, v in run.trainer.train_loop(
         iterators, tf.constant(num_steps, tf.int32)).items()}
     step += num_steps
+    if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
+      metrics['eval/val_top1'] = validate_on()
+    history.append({'step': step, **metrics})
     _write_summaries(writer, run, metrics, step)
     log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
                        (time.time() - started) / max(step - start, 1)))
@@ -71,7 +78,7 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
     ranking.write_source_class_weights(ranked, config.model_dir)
   writer.flush()
   return TrainResult(config.model_dir, int(run.trainer.step.numpy()), metrics,
-                     time.time() - started, ranked)
+                     time.time() - started, ranked, history)
 
 
 def _initialise(run: runs.Run, log) -> None:
@@ -81,6 +88,16 @@ def _initialise(run: runs.Run, log) -> None:
   elif run.config.warm_start_from:
     prefix = runs.warm_start(run, run.config.warm_start_from)
     log(f'Warm-started from {prefix}.')
+
+
+def _validation_evaluator(config: Config, run: runs.Run, subsets):
+  """A no-argument function giving validation top-1, or None when not asked for."""
+  if not (config.eval_every and config.mode.uses_target):
+    return None
+  dataset = input_pipeline.reward_examples(config, subsets).cache().batch(
+      config.eval_batch_size)
+  predictor = evaluation.make_predictor(run)
+  return lambda: evaluation.top1(*evaluation.predict_dataset(predictor, dataset))
 
 
 def _iterators(config: Config, strategy, subsets) -> dict:

@@ -153,3 +153,12 @@ def test_bad_fixed_weights_are_explained(tiny_data, tmp_path, weights, message):
   config = tiny_config(tiny_data, tmp_path / 'run', mode='fixed', fixed_source_weights=path)
   with pytest.raises(ValueError, match=message):
     loop.run_training(config, log=lambda _: None)
+
+
+def test_validation_curve_is_recorded_every_eval_interval(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path, mode='scratch', eval_every=3)
+  result = loop.run_training(config, log=lambda _: None)
+  curve = [(h['step'], h['eval/val_top1']) for h in result.history if 'eval/val_top1' in h]
+  assert [step for step, _ in curve] == [3, 6]
+  assert all(0.0 <= accuracy <= 1.0 for _, accuracy in curve)
+  assert 'eval/val_top1' in event_tags(str(tmp_path))
