@@ -13,11 +13,8 @@ flag_defs.define_flags()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  flag_defs.check_command_line(argv, required=('warm_start_from', 'model_dir'))
   config = flag_defs.config_from_flags()
-  if not config.warm_start_from or not config.model_dir:
-    raise app.UsageError('--warm_start_from (the pretrain run) and --model_dir are required.')
   print(f'Wrote {datl.write_datl_weights(config.warm_start_from, config, config.model_dir)}')
 
 

@@ -17,10 +17,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.model_dir:
-    raise app.UsageError('--model_dir is required.')
+  flag_defs.check_command_line(argv, required=('model_dir',))
   metrics = evaluation.evaluate(FLAGS.model_dir, FLAGS.split, FLAGS.target_test)
   print(json.dumps(metrics, indent=2))
 

@@ -16,10 +16,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.model_dir:
-    raise app.UsageError('--model_dir is required.')
+  flag_defs.check_command_line(argv, required=('model_dir',))
   export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, 'export')
   print(f'SavedModel written to {serving.export_saved_model(FLAGS.model_dir, export_dir)}')
 

@@ -7,7 +7,7 @@ file only names the flags and says what each does. Flags are read in
 
 import dataclasses
 
-from absl import flags
+from absl import app, flags
 
 from l2tl_tf import config as config_lib
 from l2tl_tf.config import Config, DataConfig, ModelConfig, OptimizerConfig, PolicyConfig
@@ -123,3 +123,16 @@ def config_from_flags() -> Config:
   values['data']['tfds_data_dir'] = values['data']['tfds_data_dir'] or None
   nested = {section: cls(**values[section]) for section, cls in _SECTIONS.items() if section}
   return Config(**values[''], **nested)
+
+
+def check_command_line(argv, required=()) -> None:
+  """Rejects stray positional arguments and missing required flags.
+
+  Raises:
+    app.UsageError: naming the argument or flag.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  for name in required:
+    if not FLAGS[name].value:
+      raise app.UsageError(f'--{name} is required.')

@@ -15,10 +15,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.model_dir:
-    raise app.UsageError('--model_dir is required.')
+  flag_defs.check_command_line(argv, required=('model_dir',))
   run = runs.restore_for_inference(FLAGS.model_dir)
   if run.policy is None:
     raise app.UsageError(f'{FLAGS.model_dir} is a {run.config.mode.value} run: it has no policy.')

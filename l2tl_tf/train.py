@@ -12,8 +12,7 @@ flag_defs.define_flags()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  flag_defs.check_command_line(argv)
   result = loop.run_training(flag_defs.config_from_flags())
   print(f'Finished {result.steps} steps in {result.seconds:.1f}s; outputs in {result.model_dir}')
 

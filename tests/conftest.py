@@ -21,6 +21,16 @@ strategy.split_cpu(2)
 IMAGE_SIZE = 16
 
 
+def read_records(pattern: str):
+  """Decoded uint8 [N, H, W] images and int labels of a grayscale TFRecord pattern."""
+  from l2tl_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+  images, labels = [], []
+  for encoded, label in input_pipeline.raw_dataset(pattern, DataConfig(), 0).as_numpy_iterator():
+    images.append(tf.io.decode_png(encoded).numpy()[..., 0])
+    labels.append(label)
+  return np.stack(images), np.array(labels)
+
+
 def striped_images(labels: np.ndarray, rng: np.random.Generator, channels: int = 0):
   """Noise images with a bright band whose row depends on the label."""
   shape = (len(labels), IMAGE_SIZE, IMAGE_SIZE) + ((channels,) if channels else ())

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from conftest import read_records
 from l2tl_tf import bench_data, input_pipeline, records
 from l2tl_tf.config import DataConfig
 
@@ -51,15 +51,6 @@ def built(raw, tmp_path_factory):
   scenarios = {name: bench_data.build_scenario(name, out_dir, 0, raw, OPTIONS, log=lambda _: None)
                for name in bench_data.SCENARIOS}
   return out_dir, scenarios
-
-
-def _read(pattern):
-  """Decoded uint8 [N, 28, 28] images and labels of a TFRecord file pattern."""
-  images, labels = [], []
-  for encoded, label in input_pipeline.raw_dataset(pattern, DataConfig(), 0).as_numpy_iterator():
-    images.append(tf.io.decode_png(encoded).numpy()[..., 0])
-    labels.append(label)
-  return np.stack(images), np.array(labels)
 
 
 def _bytes(images):
@@ -155,7 +146,7 @@ def test_write_dataset_reads_back_with_names(tmp_path):
   pattern = bench_data.write_dataset(str(tmp_path / 'd' / 'train'), images, labels,
                                      ['x', 'y', 'z'], num_shards=3)
   assert len(input_pipeline.list_files(pattern)) == 3
-  got_images, got_labels = _read(pattern)
+  got_images, got_labels = read_records(pattern)
   order = [_bytes([image]).pop() for image in got_images]
   expected = {image.tobytes(): label for image, label in zip(images, labels)}
   assert [expected[key] for key in order] == got_labels.tolist()
@@ -254,7 +245,7 @@ def test_planted_images_are_labelled_half_and_never_in_the_target(built, raw, na
   out_dir, scenarios = built
   datasets = _datasets(out_dir, name)
   first_planted = scenarios[name]['planted_class_ids'][0]
-  source_images, source_labels = _read(datasets['source']['pattern'])
+  source_images, source_labels = read_records(datasets['source']['pattern'])
   planted = source_labels >= first_planted
   original = raw.load(target)
   class_of = {image.tobytes(): label for image, label in zip(original.images, original.labels)}
@@ -265,12 +256,12 @@ def test_planted_images_are_labelled_half_and_never_in_the_target(built, raw, na
       count // 2 for count in np.bincount(original.labels)]
   target_bytes = set()
   for split in ('train', 'val', 'test'):
-    images, _ = _read(datasets[f'target_{split}']['pattern'])
+    images, _ = read_records(datasets[f'target_{split}']['pattern'])
     assert not _bytes(images) & target_bytes, 'target splits overlap'
     target_bytes |= _bytes(images)
   assert not _bytes(source_images[planted]) & target_bytes
   # The oracle is exactly the planted classes.
-  oracle_images, oracle_labels = _read(datasets['oracle']['pattern'])
+  oracle_images, oracle_labels = read_records(datasets['oracle']['pattern'])
   assert _bytes(oracle_images) == _bytes(source_images[planted])
   assert oracle_labels.min() == first_planted
 
@@ -283,10 +274,10 @@ def test_target_splits_sizes_and_sources(built, raw):
   planted = _datasets(out_dir, 'digits-planted')
   assert planted['target_test']['num_examples'] == 30  # 10 left per class: 4 + 3 + 3.
   fashion = _datasets(out_dir, 'fashion-planted')
-  test_images, test_labels = _read(fashion['target_test']['pattern'])
+  test_images, test_labels = read_records(fashion['target_test']['pattern'])
   official = raw.load('fashion_test')
   assert _bytes(test_images) == _bytes(official.images) and len(test_labels) == 50
-  _, train_labels = _read(fashion['target_train']['pattern'])
+  _, train_labels = read_records(fashion['target_train']['pattern'])
   assert np.bincount(train_labels).tolist() == [4] * 10
 
 

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from conftest import read_records
 from l2tl_tf import demo_data, input_pipeline, records
 from l2tl_tf.config import DataConfig
 
@@ -36,15 +36,6 @@ def selection():
   return fonts, drawn, [demo_data.CANDIDATE_CHARACTERS[i] for i in kept]
 
 
-def _read(pattern):
-  """Decoded uint8 [N, H, W] images and int labels of a TFRecord file pattern."""
-  images, labels = [], []
-  for encoded, label in input_pipeline.raw_dataset(pattern, DataConfig(), 0).as_numpy_iterator():
-    images.append(tf.io.decode_png(encoded).numpy()[..., 0])
-    labels.append(label)
-  return np.stack(images), np.array(labels)
-
-
 def _file_stamps(directory):
   return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
           for root, _, names in os.walk(directory) for name in names}
@@ -71,7 +62,7 @@ def test_source_records_parse_with_every_class(built):
 
 
 def test_source_images_are_not_blank(built):
-  images, _ = _read(built[1].source_train)
+  images, _ = read_records(built[1].source_train)
   assert images.shape[1:] == (28, 28)
   ink = (images > 128).mean(axis=(1, 2))
   # Even three dots in the lightest font leave a few bright pixels.
@@ -82,8 +73,8 @@ def test_source_images_are_not_blank(built):
 
 def test_target_split_is_disjoint_and_complete(built):
   out_dir, data = built
-  train_images, train_labels = _read(data.target_train)
-  test_images, test_labels = _read(data.target_test)
+  train_images, train_labels = read_records(data.target_train)
+  test_images, test_labels = read_records(data.target_test)
   assert data.target_num_classes == 10
   assert len(train_labels) + len(test_labels) == 5000
   assert np.bincount(test_labels).tolist() == [20] * 10
@@ -146,7 +137,7 @@ def test_build_is_deterministic_per_seed(built, tmp_path):
     assert [open(a, 'rb').read() for a in ours] == [open(b, 'rb').read() for b in theirs]
   other = _build(tmp_path / 'other', seed=1)
   assert other.source_class_names != data.source_class_names
-  assert not np.array_equal(_read(other.target_test)[0], _read(data.target_test)[0])
+  assert not np.array_equal(read_records(other.target_test)[0], read_records(data.target_test)[0])
 
 
 def test_changed_parameters_rebuild(tmp_path):
