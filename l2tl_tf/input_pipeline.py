@@ -304,10 +304,15 @@ def _pipeline_seed(seed: int, stream: int, input_context) -> int:
   return int(np.random.default_rng([seed, stream, pipeline]).integers(2**31 - 1))
 
 
-def _augment_and_batch(dataset, data, seed, batch_size):
-  """Decodes, augments with per-example stateless seeds, batches."""
+def _augment_and_batch(dataset, data, seed, batch_size, start_step):
+  """Decodes, augments with per-example stateless seeds, batches.
+
+  The stream before decoding is a pure function of the seed, so resuming at
+  `start_step` skips that many batches of records (read, never decoded) and
+  continues exactly where an uninterrupted run would be.
+  """
   seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-  dataset = tf.data.Dataset.zip((dataset, seeds))
+  dataset = tf.data.Dataset.zip((dataset, seeds)).skip(start_step * batch_size)
   dataset = dataset.map(
       lambda example, s: (preprocess_train(decode_image(example[0], data.num_channels), s, data),
                           example[1]),
@@ -315,19 +320,22 @@ def _augment_and_batch(dataset, data, seed, batch_size):
   return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def source_dataset(config: Config, input_context=None) -> tf.data.Dataset:
-  """The source stream: M_S * B_S candidates per step (B_S in pretrain)."""
+def source_dataset(config: Config, input_context=None, start_step: int = 0) -> tf.data.Dataset:
+  """The source stream: M_S * B_S candidates per step (B_S in pretrain).
+
+  `start_step` > 0 resumes the stream as it stood before that step.
+  """
   data = config.data
   seed = _pipeline_seed(config.seed, 1, input_context)
   batch = _per_replica_batch(config.source_candidate_batch_size, input_context, 'source')
   dataset = raw_dataset(data.source_train, data, data.source_label_offset,
                         input_context, shuffle_files_seed=seed)
   dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed)
-  return _augment_and_batch(dataset, data, seed, batch)
+  return _augment_and_batch(dataset, data, seed, batch, start_step)
 
 
 def target_train_dataset(config: Config, subsets: TargetSubsets,
-                         input_context=None) -> tf.data.Dataset:
+                         input_context=None, start_step: int = 0) -> tf.data.Dataset:
   """The target-train stream: B_T examples of the k-shot subset per step.
 
   The subset is small, so its encoded bytes are cached in memory and every
@@ -342,7 +350,7 @@ def target_train_dataset(config: Config, subsets: TargetSubsets,
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   dataset = dataset.cache().repeat().shuffle(
       max(len(subsets.train_indices), 1), seed=seed)
-  return _augment_and_batch(dataset, data, seed, batch)
+  return _augment_and_batch(dataset, data, seed, batch, start_step)
 
 
 def reward_examples(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:
@@ -363,14 +371,14 @@ def _eval_preprocessed(dataset: tf.data.Dataset, data: DataConfig) -> tf.data.Da
 
 
 def reward_dataset(config: Config, subsets: TargetSubsets,
-                   input_context=None) -> tf.data.Dataset:
+                   input_context=None, start_step: int = 0) -> tf.data.Dataset:
   """The reward stream: B_P validation examples per step, served from memory."""
   seed = _pipeline_seed(config.seed, 3, input_context)
   batch = _per_replica_batch(config.reward_batch_size, input_context, 'reward')
   dataset = reward_examples(config, subsets)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  dataset = dataset.cache().repeat().shuffle(10_000, seed=seed)
+  dataset = dataset.cache().repeat().shuffle(10_000, seed=seed).skip(start_step * batch)
   return dataset.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 

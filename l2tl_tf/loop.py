@@ -9,6 +9,7 @@ import dataclasses
 import time
 from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -51,9 +52,12 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
                                                    config.data.source_num_classes)
                   if config.fixed_source_weights else None)
   runs.prepare_run_dir(config)
+  # Seeds Keras initialisers (and Python/NumPy/TF global RNGs): the same
+  # command initialises the same weights.
+  keras.utils.set_random_seed(config.seed)
   run = runs.build(config, strategy, fixed_lambda)
   _initialise(run, log)
-  iterators = _iterators(config, strategy, subsets)
+  iterators = _iterators(config, strategy, subsets, int(run.trainer.step.numpy()))
   writer = tf.summary.create_file_writer(config.model_dir)
   validate_on = _validation_evaluator(config, run, subsets)
   start, started = int(run.trainer.step.numpy()), time.time()
@@ -100,15 +104,17 @@ def _validation_evaluator(config: Config, run: runs.Run, subsets):
   return lambda: evaluation.top1(*evaluation.predict_dataset(predictor, dataset))
 
 
-def _iterators(config: Config, strategy, subsets) -> dict:
-  """Distributed iterators for the streams this mode reads."""
+def _iterators(config: Config, strategy, subsets, start_step: int) -> dict:
+  """Distributed iterators for the streams this mode reads, positioned at start_step."""
   makers = {}
   if config.mode.uses_source:
-    makers['source'] = lambda ctx: input_pipeline.source_dataset(config, ctx)
+    makers['source'] = lambda ctx: input_pipeline.source_dataset(config, ctx, start_step)
   if config.mode.uses_target:
-    makers['target'] = lambda ctx: input_pipeline.target_train_dataset(config, subsets, ctx)
+    makers['target'] = lambda ctx: input_pipeline.target_train_dataset(
+        config, subsets, ctx, start_step)
   if config.mode.uses_policy:
-    makers['reward'] = lambda ctx: input_pipeline.reward_dataset(config, subsets, ctx)
+    makers['reward'] = lambda ctx: input_pipeline.reward_dataset(config, subsets, ctx,
+                                                                 start_step)
   return {name: iter(strategy.distribute_datasets_from_function(make))
           for name, make in makers.items()}
 

@@ -162,3 +162,37 @@ def test_validation_curve_is_recorded_every_eval_interval(tiny_data, tmp_path):
   assert [step for step, _ in curve] == [3, 6]
   assert all(0.0 <= accuracy <= 1.0 for _, accuracy in curve)
   assert 'eval/val_top1' in event_tags(str(tmp_path))
+
+
+class Crash(Exception):
+  pass
+
+
+def crash_at(step_text):
+  def log(line):
+    if step_text in line:
+      raise Crash(line)
+  return log
+
+
+def all_state(model_dir):
+  run = runs.restore_for_inference(model_dir)
+  variables = list(run.model.encoder.variables) + list(run.model.source_head.variables)
+  variables += list(run.model.target_head.variables) + list(run.trainer.optimizer.variables)
+  variables += [run.policy.lambda_logits, run.policy.alpha_logits, run.policy.baseline]
+  return [v.numpy() for v in variables + list(run.policy.optimizer.variables)]
+
+
+def test_a_run_that_crashed_resumes_to_the_uninterrupted_result(tiny_data, pretrained,
+                                                                tmp_path):
+  """Streams skip to the restored step and actions are keyed by step: exact resume."""
+  tf.config.experimental.enable_op_determinism()
+  full = tiny_config(tiny_data, tmp_path / 'full', warm_start_from=pretrained)
+  loop.run_training(full, log=lambda _: None)
+  crashed = dataclasses.replace(full, model_dir=str(tmp_path / 'crashed'))
+  with pytest.raises(Crash):  # dies after step 6 ran, before its checkpoint
+    loop.run_training(crashed, log=crash_at('step 6/6'))
+  assert tf.train.latest_checkpoint(crashed.model_dir).endswith('ckpt-3')
+  loop.run_training(crashed, log=lambda _: None)
+  for x, y in zip(all_state(full.model_dir), all_state(crashed.model_dir)):
+    np.testing.assert_array_equal(x, y)
