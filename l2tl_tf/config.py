@@ -168,6 +168,9 @@ class Config:
   keep_checkpoints: int = 5
   strategy: str = 'default'
   tpu: str = ''
+  # tf.config.experimental.enable_op_determinism(): bit-exact reruns and
+  # resumes, at some speed cost.
+  deterministic: bool = False
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   policy: PolicyConfig = PolicyConfig()
@@ -227,7 +230,7 @@ def _enum_value(value):
 # long or how visibly a run goes, not what it computes.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
-    'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu'})
+    'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic'})
 
 
 def validate(config: Config) -> None:

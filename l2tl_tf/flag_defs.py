@@ -39,6 +39,8 @@ _FIELDS = {
     'keep_checkpoints': ('', 'keep_checkpoints', 'Checkpoints kept in model_dir.'),
     'strategy': ('', 'strategy', f'Distribution strategy: one of {", ".join(STRATEGIES)}.'),
     'tpu': ('', 'tpu', 'TPU name or address (local on a TPU VM); implies the TPU strategy.'),
+    'deterministic': ('', 'deterministic',
+                      'Enable TF op determinism: bit-exact reruns and resumes (slower).'),
     'source_train': ('data', 'source_train', 'Source dataset: TFRecord pattern or tfds:NAME/SPLIT.'),
     'target_train': ('data', 'target_train', 'Target training dataset spec.'),
     'target_val': ('data', 'target_val',

@@ -6,6 +6,8 @@ a step computes. Summaries and checkpoints happen only between loops of
 """
 
 import dataclasses
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -30,6 +32,8 @@ class TrainResult:
   # One entry per loop: {'step': ..., metric: mean over the loop, ...} plus
   # 'eval/val_top1' where evaluated (see Config.eval_every).
   history: list = dataclasses.field(default_factory=list)
+  # True when SIGTERM stopped the run early (after saving a checkpoint).
+  preempted: bool = False
 
 
 def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
@@ -41,6 +45,8 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   """
   log = log or print_flushed
   config_lib.validate(config)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
   if config.optimizer.warmup_steps >= config.train_steps and config.optimizer.warmup_steps:
     raise ValueError(f'--warmup_steps={config.optimizer.warmup_steps} >= --train_steps='
                      f'{config.train_steps}: the learning rate would never reach its target.')
@@ -60,6 +66,21 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   iterators = _iterators(config, strategy, subsets, int(run.trainer.step.numpy()))
   writer = tf.summary.create_file_writer(config.model_dir)
   validate_on = _validation_evaluator(config, run, subsets)
+  started = time.time()
+  with PreemptionSignal() as preemption:
+    metrics, history = _train_loops(run, iterators, writer, validate_on, preemption, log)
+  writer.flush()
+  ranked = None
+  if config.mode.learns_lambda and not preemption.received:
+    ranked = ranking.rank_source_classes(run.policy, class_names, seed=config.seed)
+    ranking.write_source_class_weights(ranked, config.model_dir)
+  return TrainResult(config.model_dir, int(run.trainer.step.numpy()), metrics,
+                     time.time() - started, ranked, history, preemption.received)
+
+
+def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption, log):
+  """Runs loops to train_steps; checkpoints on cadence, at the end and on SIGTERM."""
+  config = run.config
   start, started = int(run.trainer.step.numpy()), time.time()
   metrics, history = {}, []
   while (step := int(run.trainer.step.numpy())) < config.train_steps:
@@ -74,15 +95,38 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
     _write_summaries(writer, run, metrics, step)
     log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
                        (time.time() - started) / max(step - start, 1)))
-    if step % config.checkpoint_every == 0 or step >= config.train_steps:
+    if (step % config.checkpoint_every == 0 or step >= config.train_steps
+        or preemption.received):
       run.manager.save(checkpoint_number=step)
-  ranked = None
-  if config.mode.learns_lambda:
-    ranked = ranking.rank_source_classes(run.policy, class_names, seed=config.seed)
-    ranking.write_source_class_weights(ranked, config.model_dir)
-  writer.flush()
-  return TrainResult(config.model_dir, int(run.trainer.step.numpy()), metrics,
-                     time.time() - started, ranked, history)
+    if preemption.received:
+      log(f'SIGTERM received: checkpoint saved at step {step}. Rerun the same command to '
+          'resume.')
+      break
+  return metrics, history
+
+
+class PreemptionSignal:
+  """Notes SIGTERM (a preemption notice) so the loop can checkpoint and stop.
+
+  The loop finishes its current `steps_per_loop` steps, saves, and returns
+  with `TrainResult.preempted`; only the main thread can install the handler.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.received = True
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _initialise(run: runs.Run, log) -> None:

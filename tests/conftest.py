@@ -6,6 +6,7 @@ build a MirroredStrategy over two replicas ('/cpu:0', '/cpu:1').
 
 import dataclasses
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -102,3 +103,22 @@ def pretrained(tiny_data, tmp_path_factory) -> str:
   model_dir = tmp_path_factory.mktemp('pretrain')
   loop.run_training(tiny_config(tiny_data, model_dir, mode='pretrain'), log=lambda _: None)
   return str(model_dir)
+
+
+def tiny_flagfile(data: TinyData, path) -> str:
+  """A flagfile for the binaries with the settings of `tiny_config`."""
+  path.write_text('\n'.join([
+      f'--source_train={data.source}', f'--target_train={data.target}',
+      f'--target_test={data.target_test}', '--source_num_classes=8',
+      '--target_num_classes=4', f'--image_size={IMAGE_SIZE}', '--num_channels=1',
+      '--backbone=small_cnn', '--batch_size=4', '--train_steps=4', '--steps_per_loop=2',
+      '--checkpoint_every=2', '--warmup_steps=1', '--learning_rate=0.05',
+      '--examples_per_class=5', '--val_examples_per_class=5', '--norandom_flip']) + '\n')
+  return str(path)
+
+
+def binary_command(name: str, *args) -> list:
+  return [sys.executable, '-m', f'l2tl_tf.{name}', *args]
+
+
+QUIET_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')

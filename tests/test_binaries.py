@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import IMAGE_SIZE, striped_images
+from conftest import QUIET_ENV, binary_command, striped_images, tiny_flagfile
 from l2tl_tf import input_pipeline, records, runs
 
 CONTRACT_FLAGS = ('mode', 'model_dir', 'source_train', 'target_train', 'target_val',
@@ -20,8 +20,7 @@ CONTRACT_FLAGS = ('mode', 'model_dir', 'source_train', 'target_train', 'target_v
 
 
 def run_binary(name, *args, returncode=0):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  result = subprocess.run([sys.executable, '-m', f'l2tl_tf.{name}', *args], env=env,
+  result = subprocess.run(binary_command(name, *args), env=QUIET_ENV,
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == returncode, result.stderr[-3000:]
   return result.stdout
@@ -31,14 +30,7 @@ def run_binary(name, *args, returncode=0):
 def trained(tiny_data, tmp_path_factory):
   """A pretrain run then an L2TL run, each started from the command line."""
   root = tmp_path_factory.mktemp('binaries')
-  flagfile = root / 'tiny.flags'
-  flagfile.write_text('\n'.join([
-      f'--source_train={tiny_data.source}', f'--target_train={tiny_data.target}',
-      f'--target_test={tiny_data.target_test}', '--source_num_classes=8',
-      '--target_num_classes=4', f'--image_size={IMAGE_SIZE}', '--num_channels=1',
-      '--backbone=small_cnn', '--batch_size=4', '--train_steps=4', '--steps_per_loop=2',
-      '--checkpoint_every=2', '--warmup_steps=1', '--learning_rate=0.05',
-      '--examples_per_class=5', '--val_examples_per_class=5', '--norandom_flip']) + '\n')
+  flagfile = tiny_flagfile(tiny_data, root / 'tiny.flags')
   pretrain, l2tl = str(root / 'pretrain'), str(root / 'l2tl')
   run_binary('train', f'--flagfile={flagfile}', '--mode=pretrain', f'--model_dir={pretrain}')
   stdout = run_binary('train', f'--flagfile={flagfile}', '--mode=l2tl', f'--model_dir={l2tl}',
@@ -88,7 +80,7 @@ b = loaded.signatures['serving_examples'](examples=tf.constant(examples))['proba
 np.save({str(tmp_path / 'served.npy')!r}, np.stack([a.numpy(), b.numpy()]))
 '''
   subprocess.run([sys.executable, '-c', script], check=True, timeout=300,
-                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                 env=QUIET_ENV)
   served = np.load(tmp_path / 'served.npy')
 
   run = runs.restore_for_inference(trained)
