@@ -1,0 +1,221 @@
+"""Tests for the accuracy benchmark runner (benchmarks/accuracy.py).
+
+The runner runs for real on tiny synthetic scenarios (28x28 noise images
+standing in for glyphs, MNIST-5k and Fashion-MNIST) with a suite of a few
+steps per run: every method of the registry trains, is evaluated and is
+written once; a rerun trains nothing; a changed schedule reruns only what it
+changes. The flagfiles in flags/bench/ are checked against the registry.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from l2tl_tf import bench_data, ranking
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_OPTIONS = bench_data.BuildOptions(pool_per_class=4, val_per_class=3, source_shards=2)
+PLANTED_IDS = list(range(22, 32))  # 12 glyph + 10 fashion classes, then 10 planted.
+
+
+def _load_runner():
+  """benchmarks/accuracy.py as a module (once: it defines absl flags)."""
+  name = 'benchmarks_accuracy'
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, 'benchmarks', 'accuracy.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[name]
+
+
+accuracy = _load_runner()
+
+
+@pytest.fixture(autouse=True)
+def _from_repo_root(monkeypatch):
+  # The flagfiles' nested --flagfile lines are relative to the repository root.
+  monkeypatch.chdir(REPO_ROOT)
+  yield
+  accuracy.FLAGS.unparse_flags()
+
+
+def _stand_in(rng, per_class, names):
+  labels = np.repeat(np.arange(len(names)), per_class)
+  images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+  return bench_data.labelled(images, rng.permutation(labels), names)
+
+
+@pytest.fixture(scope='module')
+def raw():
+  rng = np.random.default_rng(11)
+  digits = tuple(str(i) for i in range(10))
+  return bench_data.RawArrays({
+      'glyphs': _stand_in(rng, 6, tuple('abcdefghijkl')),
+      'mnist': _stand_in(rng, 20, digits),
+      'fashion_train': _stand_in(rng, 24, bench_data.FASHION_MNIST_CLASS_NAMES),
+      'fashion_test': _stand_in(rng, 5, bench_data.FASHION_MNIST_CLASS_NAMES),
+  })
+
+
+def _tiny_suite(**changes) -> 'accuracy.Suite':
+  suite = accuracy.Suite(
+      'tiny', scenarios=('digits-planted',), split_seeds=(0,), seeds=(0,), ks=(2,),
+      methods=tuple(accuracy.METHODS),
+      pretrain=accuracy.Schedule(train_steps=3, batch_size=8, learning_rate=0.05,
+                                 warmup_steps=1),
+      transfer=accuracy.Schedule(train_steps=4, batch_size=4, learning_rate=0.05,
+                                 warmup_steps=1, eval_every=2),
+      scratch=accuracy.Schedule(train_steps=4, batch_size=4, learning_rate=0.1,
+                                warmup_steps=1, eval_every=2),
+      datl_pretrain=accuracy.Schedule(train_steps=2, batch_size=8, learning_rate=0.01,
+                                      warmup_steps=1),
+      build_options=TINY_OPTIONS)
+  return dataclasses.replace(suite, **changes)
+
+
+def _bench(tmp_path, raw, suite):
+  return accuracy.Bench(suite, str(tmp_path / 'data'), str(tmp_path / 'runs'),
+                        str(tmp_path / 'results'), raw, log=lambda _: None)
+
+
+class _CountingTrain:
+  """Wraps accuracy.train to record the run directories trained."""
+
+  def __init__(self, monkeypatch):
+    self.model_dirs = []
+    original = accuracy.train
+
+    def counting(config, log, resume=False):
+      self.model_dirs.append(os.path.basename(config.model_dir))
+      return original(config, log, resume)
+    monkeypatch.setattr(accuracy, 'train', counting)
+
+
+def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
+  bench = _bench(tmp_path, raw, _tiny_suite())
+  trained = _CountingTrain(monkeypatch)
+  accuracy.run_suite(bench)
+  # One pretraining shared by all methods; DATL trains twice.
+  assert sorted(trained.model_dirs) == sorted(
+      ['pretrain', 'scratch', 'finetune', 'datl_pretrain', 'datl', 'uniform', 'random',
+       'oracle', 'l2tl'])
+
+  jobs = accuracy.jobs(bench.suite)
+  assert [job.method for job in jobs] == list(accuracy.METHODS)
+  paths = [bench.result_path(job) for job in jobs]
+  mtimes = [os.path.getmtime(path) for path in paths]
+  for job, path in zip(jobs, paths):
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    assert (record['scenario'], record['split'], record['seed'], record['k'],
+            record['method']) == ('digits-planted', 0, 0, 2, job.method)
+    assert 0.0 <= record['test_top1'] <= 1.0
+    assert [step for step, _ in record['val_curve']] == [2, 4]
+    assert record['val_top1'] == record['val_curve'][-1][1]
+    assert record['seconds'] > 0
+    assert ('planted' in record) == (job.method == 'l2tl')
+  l2tl = accuracy.read_json(paths[-1])
+  assert [p['class_id'] for p in l2tl['planted']] == PLANTED_IDS
+  assert len(l2tl['top_sources']) == accuracy.TOP_SOURCES
+  assert l2tl['num_source_classes'] == 32
+  assert l2tl['planted_in_top20'] == sum(p['rank'] <= 20 for p in l2tl['planted'])
+  datl_config = accuracy.read_json(paths[2])['configs'][0]
+  assert os.path.exists(datl_config['fixed_source_weights'])
+
+  # A rerun trains nothing and rewrites no result.
+  trained.model_dirs.clear()
+  accuracy.run_suite(bench)
+  assert not trained.model_dirs
+  assert [os.path.getmtime(path) for path in paths] == mtimes
+
+  # Reports: a table row per method, planted ranks, the plots.
+  records = accuracy.finished_records(bench)
+  assert len(records) == len(jobs)
+  reports = accuracy.write_reports(bench, records)
+  table = reports['text'].split('## digits-planted', 1)[1].split('## Planted', 1)[0]
+  for method in accuracy.METHODS:
+    assert sum(line.startswith(f'| {method} | ') for line in table.splitlines()) == 1
+  assert '| digits-planted | 2 | l2tl |' in reports['text']
+  top = reports['text'].split('## Top 20 source classes by expected lambda: l2tl', 1)[1]
+  assert f'| 1 | {l2tl["top_sources"][0]["class_id"]} |' in top
+  with open(reports['json'], encoding='utf-8') as f:
+    assert len(json.load(f)['runs']) == len(jobs)
+  for name in ('accuracy_vs_k', 'val_curves', 'tiny_top_sources_l2tl_digits-planted.png'):
+    assert os.path.getsize(reports[name]) > 1000
+
+  # A changed transfer schedule reruns the target runs, not the pretraining.
+  trained.model_dirs.clear()
+  changed = _bench(tmp_path, raw, _tiny_suite(
+      methods=('finetune',), transfer=dataclasses.replace(bench.suite.transfer, train_steps=6)))
+  accuracy.run_suite(changed)
+  assert trained.model_dirs == ['finetune']
+
+
+def test_planted_ranks():
+  ranked = [ranking.RankedClass(i, f'c{i}', 1.0 - 0.1 * r, 0.0)
+            for r, i in enumerate([5, 2, 7, 0, 9, 1])]
+  assert accuracy.planted_ranks(ranked, [7, 5, 1]) == [3, 1, 6]
+  summary = accuracy.source_ranking(ranked, [7, 5, 1])
+  assert summary['planted_in_top20'] == 3 and summary['median_planted_rank'] == 3.0
+  assert [row['class_id'] for row in summary['top_sources']] == [5, 2, 7, 0, 9, 1]
+  assert 'planted' not in accuracy.source_ranking(ranked, [])
+  with pytest.raises(ValueError, match='not in the ranking'):
+    accuracy.planted_ranks(ranked, [3])
+
+
+def test_jobs_and_selection():
+  suite = accuracy.SUITES['quick']
+  methods = [job.method for job in accuracy.jobs(suite) if job.scenario == 'digits']
+  assert 'oracle' not in methods and 'l2tl' in methods
+  chosen = accuracy.select(suite, scenarios=['digits-planted'], methods=['oracle', 'l2tl'])
+  assert chosen.scenarios == ('digits-planted',) and chosen.methods == ('oracle', 'l2tl')
+  with pytest.raises(ValueError, match='methods'):
+    accuracy.select(suite, methods=['l2tll'])
+
+
+@pytest.fixture(scope='module')
+def tiny_scenarios(raw, tmp_path_factory):
+  out_dir = str(tmp_path_factory.mktemp('scenarios'))
+  return {name: bench_data.build_scenario(name, out_dir, 0, raw, TINY_OPTIONS,
+                                          log=lambda _: None)
+          for name in bench_data.SCENARIOS}
+
+
+def _stages(scenario):
+  for method in accuracy.METHODS.values():
+    if not method.planted_only or accuracy.is_planted(scenario):
+      for stage in method.stages:
+        yield method, stage
+  yield None, accuracy.PRETRAIN
+
+
+@pytest.mark.parametrize('scenario', list(bench_data.SCENARIOS))
+def test_flagfiles_agree_with_the_registry(scenario, tiny_scenarios):
+  """Each flagfile reads the dataset, warm start and weights the runner gives it."""
+  described = tiny_scenarios[scenario]
+  quick = accuracy.SUITES['quick']
+  for method, stage in _stages(scenario):
+    path = os.path.join(accuracy.FLAGS_DIR, scenario, stage.flagfile + '.flags')
+    config = accuracy.config_from_flagfile(path, {})
+    where = f'{path}:'
+    data_dir = os.path.join('bench_data', scenario, 'split0')
+    assert os.path.dirname(os.path.relpath(config.data.source_train, data_dir)) == \
+        os.path.dirname(described['datasets'][stage.source]['pattern']), where
+    assert config.data.source_num_classes == 1358 + 10 * accuracy.is_planted(scenario), where
+    assert os.path.basename(config.warm_start_from) == stage.warm_start, where
+    weighted = method is not None and stage.flagfile == method.datl_weights_for
+    assert bool(config.fixed_source_weights) == weighted, where
+    schedule = getattr(quick, stage.schedule)
+    assert (config.train_steps, config.batch_size, config.optimizer.learning_rate,
+            config.optimizer.warmup_steps, config.eval_every) == (
+                schedule.train_steps, schedule.batch_size, schedule.learning_rate,
+                schedule.warmup_steps, schedule.eval_every), where
+    assert (config.model.backbone, config.data.image_size, config.data.num_channels,
+            config.data.random_flip) == ('small_cnn', 28, 1, False), where
