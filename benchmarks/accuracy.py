@@ -38,7 +38,6 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'bench-data')
 FLAGS_DIR = os.path.join('flags', 'bench')
 TOP_SOURCES = 20
 
-flag_defs.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -229,23 +228,16 @@ def jobs(suite: Suite) -> list[Job]:
 
 # ---------------------------------------------------------------- configs
 
-def _train_flags() -> list:
-  return FLAGS.flags_by_module_dict()[flag_defs.__name__]
-
-
 def config_from_flagfile(flagfile: str, overrides: Mapping[str, Any]) -> Config:
   """The Config of `python -m l2tl_tf.train --flagfile=FILE --name=value ...`.
 
-  Parses with the train binary's flags (reset first), so a flagfile means
-  exactly what it means to the binary. Nested --flagfile paths in
-  flags/bench/ are relative to the repository root: run from there.
+  Parses with the train binary's flags, so a flagfile means exactly what it
+  means to the binary. Nested --flagfile paths in flags/bench/ are relative
+  to the repository root: run from there.
   """
-  for flag in _train_flags():
-    flag.unparse()
   argv = ['l2tl_train', f'--flagfile={flagfile}']
   argv += [f'--{name}={value}' for name, value in overrides.items()]
-  FLAGS(argv)
-  return flag_defs.config_from_flags()
+  return flag_defs.config_from_argv(argv)
 
 
 def stage_config(bench: Bench, job: Job, stage: Stage, scenario: dict) -> Config:

@@ -98,33 +98,43 @@ def _default(section: str, field: str):
   return value.value if field == 'mode' else value
 
 
-def define_flags(names=None) -> None:
+def define_flags(names=None, flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines the training flags (all, or `names`), typed by their defaults."""
   for name, (section, field, help_text) in _FIELDS.items():
-    if names is not None and name not in names or name in FLAGS:
+    if names is not None and name not in names or name in flag_values:
       continue
     default = _default(section, field)
     if name == 'mode':
-      flags.DEFINE_enum(name, default, [m.value for m in config_lib.Mode], help_text)
-    elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_text)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_text)
-    elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_text)
+      flags.DEFINE_enum(name, default, [m.value for m in config_lib.Mode], help_text,
+                        flag_values=flag_values)
     else:
-      flags.DEFINE_string(name, default, help_text)
+      define = (flags.DEFINE_bool if isinstance(default, bool) else
+                flags.DEFINE_integer if isinstance(default, int) else
+                flags.DEFINE_float if isinstance(default, float) else flags.DEFINE_string)
+      define(name, default, help_text, flag_values=flag_values)
 
 
-def config_from_flags() -> Config:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> Config:
   """The frozen Config described by the parsed flags."""
   values = {section: {} for section in _SECTIONS}
   for name, (section, field, _) in _FIELDS.items():
-    values[section][field] = FLAGS[name].value
+    values[section][field] = flag_values[name].value
   values['']['mode'] = config_lib.Mode(values['']['mode'])
   values['data']['tfds_data_dir'] = values['data']['tfds_data_dir'] or None
   nested = {section: cls(**values[section]) for section, cls in _SECTIONS.items() if section}
   return Config(**values[''], **nested)
+
+
+def config_from_argv(argv: list[str]) -> Config:
+  """The Config that `l2tl-train` would build from `argv` (argv[0] is the program).
+
+  Parses into private FlagValues, so callers (benchmarks, pipelines) never
+  touch the process-wide flags.
+  """
+  flag_values = flags.FlagValues()
+  define_flags(flag_values=flag_values)
+  flag_values(argv)
+  return config_from_flags(flag_values)
 
 
 def check_command_line(argv, required=()) -> None:

@@ -255,3 +255,11 @@ def test_tfds_names_are_registered_builders(parse):
         names.add(parsed.tfds_name)
   for name in sorted(names):
     tfds.builder_cls(name)  # Raises DatasetNotFoundError for an unknown name.
+
+
+def test_config_from_argv_leaves_the_global_flags_alone(tmp_path):
+  from l2tl_tf import flag_defs  # pylint: disable=g-import-not-at-top
+  config = flag_defs.config_from_argv(
+      ['l2tl_train', '--mode=scratch', f'--model_dir={tmp_path}', '--batch_size=7'])
+  assert config.batch_size == 7 and config.model_dir == str(tmp_path)
+  assert flags.FLAGS['batch_size'].value != 7
