@@ -171,6 +171,27 @@ class Config:
   # tf.config.experimental.enable_op_determinism(): bit-exact reruns and
   # resumes, at some speed cost.
   deterministic: bool = False
+  # Where the M_S * B_S source candidates are decoded. 'after_select': the
+  # input pipeline yields encoded bytes, labels and augmentation seeds; the
+  # step picks the top B_S by lambda (which needs only labels) and decodes
+  # just those, so it trains on exactly the images 'pipeline' would, having
+  # decoded 1/M_S as many. 'pipeline' decodes every candidate in tf.data (the
+  # paper's design); TPUs need it, since string ops cannot run on the TPU.
+  source_decode: str = 'after_select'
+  # Which candidates the top B_S is taken over with several replicas.
+  # 'per_replica': each replica keeps its top B_S/R of its own M_S*B_S/R
+  # candidates (sharded reads). 'global': every replica reads the same
+  # M_S*B_S candidates, keeps the global top B_S (what one device would keep)
+  # and decodes only its B_S/R slice of them (record reads repeat R times,
+  # decodes do not). Identical with one replica.
+  selection: str = 'per_replica'
+  # XLA-compile the model's forward/backward and the reward forward
+  # (single-replica strategies: XLA fails under MirroredStrategy on logical
+  # CPUs).
+  jit_compile: bool = False
+  # Keras dtype policy of the encoder and heads: 'float32' or 'mixed_bfloat16'
+  # (TPU-style: bfloat16 compute, float32 variables and losses).
+  precision: str = 'float32'
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   policy: PolicyConfig = PolicyConfig()
@@ -187,11 +208,21 @@ class Config:
     return int(round(self.source_batch_ratio * self.batch_size))
 
   @property
+  def selects_source(self) -> bool:
+    """Whether the step keeps the top B_S of M_S * B_S > B_S candidates."""
+    selects = self.mode.samples_lambda or bool(self.fixed_source_weights)
+    return selects and self.source_batch_multiplier > 1
+
+  @property
   def source_candidate_batch_size(self) -> int:
     """M_S * B_S, global: the source examples drawn per step."""
-    selects = self.mode.samples_lambda or bool(self.fixed_source_weights)
-    multiplier = self.source_batch_multiplier if selects else 1
+    multiplier = self.source_batch_multiplier if self.selects_source else 1
     return multiplier * self.source_batch_size
+
+  @property
+  def decodes_after_select(self) -> bool:
+    """Whether source candidates reach the step encoded (see source_decode)."""
+    return self.selects_source and self.source_decode == 'after_select'
 
   @property
   def reward_batch_size(self) -> int:
@@ -230,7 +261,8 @@ def _enum_value(value):
 # long or how visibly a run goes, not what it computes.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
-    'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic'})
+    'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic',
+    'source_decode', 'jit_compile'})
 
 
 def validate(config: Config) -> None:
@@ -292,6 +324,27 @@ def validate(config: Config) -> None:
   _require(data.num_channels in (1, 3),
            f'--num_channels={data.num_channels} must be 1 or 3.')
   _require(data.image_size >= 8, f'--image_size={data.image_size} must be >= 8.')
+  _require(config.source_decode in SOURCE_DECODES,
+           f'--source_decode={config.source_decode!r}: use one of {SOURCE_DECODES}.')
+  _require(config.selection in SELECTIONS,
+           f'--selection={config.selection!r}: use one of {SELECTIONS}.')
+  _require(config.precision in PRECISIONS,
+           f'--precision={config.precision!r}: use one of {PRECISIONS}.')
+  _require(config.selection != 'global' or config.source_decode == 'after_select',
+           '--selection=global needs --source_decode=after_select: with decoding in the '
+           'pipeline every replica would decode all M_S * B_S global candidates.')
+  on_tpu = config.strategy == 'tpu' or bool(config.tpu)
+  _require(not on_tpu or config.source_decode == 'pipeline' or not config.selects_source,
+           '--source_decode=after_select decodes inside the step, which a TPU cannot run '
+           '(string ops): use --source_decode=pipeline on TPU.')
+  _require(not config.jit_compile or config.strategy in ('default', 'one_device', 'tpu'),
+           f'--jit_compile needs a single-replica strategy or TPU, not --strategy='
+           f'{config.strategy} (XLA fails under MirroredStrategy on CPU devices).')
+
+
+SOURCE_DECODES = ('after_select', 'pipeline')
+SELECTIONS = ('per_replica', 'global')
+PRECISIONS = ('float32', 'mixed_bfloat16')
 
 
 def _require(condition: Any, message: str) -> None:

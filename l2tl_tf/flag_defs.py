@@ -41,6 +41,15 @@ _FIELDS = {
     'tpu': ('', 'tpu', 'TPU name or address (local on a TPU VM); implies the TPU strategy.'),
     'deterministic': ('', 'deterministic',
                       'Enable TF op determinism: bit-exact reruns and resumes (slower).'),
+    'source_decode': ('', 'source_decode',
+                      'after_select: decode only the B_S kept source candidates, in the step '
+                      '(CPU/GPU); pipeline: decode all M_S * B_S in tf.data (paper; TPU).'),
+    'selection': ('', 'selection',
+                  'per_replica: top B_S/R of each replica\'s candidates; global: top B_S of '
+                  'all M_S * B_S, as on one device (reads repeat per replica).'),
+    'jit_compile': ('', 'jit_compile', 'XLA-compile the model compute (single replica or TPU).'),
+    'precision': ('', 'precision', 'float32 | mixed_bfloat16 (bfloat16 compute, float32 '
+                  'variables and losses).'),
     'source_train': ('data', 'source_train', 'Source dataset: TFRecord pattern or tfds:NAME/SPLIT.'),
     'target_train': ('data', 'target_train', 'Target training dataset spec.'),
     'target_val': ('data', 'target_val',

@@ -304,34 +304,81 @@ def _pipeline_seed(seed: int, stream: int, input_context) -> int:
   return int(np.random.default_rng([seed, stream, pipeline]).integers(2**31 - 1))
 
 
-def _augment_and_batch(dataset, data, seed, batch_size, start_step):
-  """Decodes, augments with per-example stateless seeds, batches.
+def _with_seeds(dataset, seed, batch_size, start_step):
+  """Pairs each example with its stateless augmentation seed, skipping to start_step.
 
   The stream before decoding is a pure function of the seed, so resuming at
   `start_step` skips that many batches of records (read, never decoded) and
   continues exactly where an uninterrupted run would be.
   """
   seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-  dataset = tf.data.Dataset.zip((dataset, seeds)).skip(start_step * batch_size)
-  dataset = dataset.map(
+  return tf.data.Dataset.zip((dataset, seeds)).skip(start_step * batch_size)
+
+
+def _augment_and_batch(dataset, data, seed, batch_size, start_step):
+  """Decodes, augments with per-example stateless seeds, batches."""
+  dataset = _with_seeds(dataset, seed, batch_size, start_step).map(
       lambda example, s: (preprocess_train(decode_image(example[0], data.num_channels), s, data),
                           example[1]),
       num_parallel_calls=AUTOTUNE)
   return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
+def decode_and_augment(encoded: tf.Tensor, seeds: tf.Tensor, data: DataConfig) -> tf.Tensor:
+  """Training images for a batch of encoded candidates: the pipeline's own map.
+
+  Used by the step when source candidates arrive encoded (Config.source_decode
+  = 'after_select'): the same decode and the same per-example seeds as
+  `_augment_and_batch`, so the kept images are identical to decoding in tf.data.
+
+  Args:
+    encoded: string [B] encoded images.
+    seeds: int64 [B, 2] stateless seeds.
+    data: data settings.
+
+  Returns:
+    float32 [B, image_size, image_size, num_channels].
+  """
+  size, channels = data.image_size, data.num_channels
+  return tf.map_fn(
+      lambda args: preprocess_train(decode_image(args[0], channels), args[1], data),
+      (encoded, seeds), parallel_iterations=16,
+      fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+
+
 def source_dataset(config: Config, input_context=None, start_step: int = 0) -> tf.data.Dataset:
   """The source stream: M_S * B_S candidates per step (B_S in pretrain).
 
-  `start_step` > 0 resumes the stream as it stood before that step.
+  Elements are (images, labels), or (encoded, labels, seeds) when the step
+  decodes after selecting (Config.decodes_after_select). With
+  --selection=global every replica reads the same global candidates (the
+  pipeline repeats each batch once per local replica), so each can compute
+  the global top B_S. `start_step` > 0 resumes the stream as it stood before
+  that step.
   """
   data = config.data
-  seed = _pipeline_seed(config.seed, 1, input_context)
-  batch = _per_replica_batch(config.source_candidate_batch_size, input_context, 'source')
+  global_selection = config.decodes_after_select and config.selection == 'global'
+  if global_selection:
+    batch, context, seed = config.source_candidate_batch_size, None, _pipeline_seed(
+        config.seed, 1, None)
+  else:
+    seed = _pipeline_seed(config.seed, 1, input_context)
+    batch = _per_replica_batch(config.source_candidate_batch_size, input_context, 'source')
+    context = input_context
   dataset = raw_dataset(data.source_train, data, data.source_label_offset,
-                        input_context, shuffle_files_seed=seed)
+                        context, shuffle_files_seed=seed)
   dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed)
-  return _augment_and_batch(dataset, data, seed, batch, start_step)
+  if not config.decodes_after_select:
+    return _augment_and_batch(dataset, data, seed, batch, start_step)
+  dataset = _with_seeds(dataset, seed, batch, start_step).map(
+      lambda example, s: (example[0], example[1], s))
+  dataset = dataset.batch(batch, drop_remainder=True)
+  if global_selection and input_context:
+    local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    _per_replica_batch(config.source_batch_size, input_context, 'kept source')
+    dataset = dataset.flat_map(
+        lambda *batch_: tf.data.Dataset.from_tensors(batch_).repeat(local_replicas))
+  return dataset.prefetch(AUTOTUNE)
 
 
 def target_train_dataset(config: Config, subsets: TargetSubsets,

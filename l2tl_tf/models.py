@@ -6,6 +6,7 @@ see the inputs they were trained with. Nothing here downloads: keras.application
 backbones are built with `weights=None` or a local weights file.
 """
 
+import contextlib
 from typing import Callable, Optional
 
 import keras
@@ -34,8 +35,10 @@ class InputScaling(keras.layers.Layer):
     if self.reverse_channels:
       x = x[..., ::-1]
     channels = inputs.shape[-1]
-    mean = tf.constant(self.mean[:channels] if channels == len(self.mean) else self.mean[:1])
-    std = tf.constant(self.std[:channels] if channels == len(self.std) else self.std[:1])
+    mean = tf.constant(self.mean[:channels] if channels == len(self.mean) else self.mean[:1],
+                       dtype=x.dtype)
+    std = tf.constant(self.std[:channels] if channels == len(self.std) else self.std[:1],
+                      dtype=x.dtype)
     return (x - mean) / std
 
   def get_config(self):
@@ -104,13 +107,19 @@ def build_encoder(name: str, image_size: int, num_channels: int,
 
 
 class TransferModel:
-  """g with h_S and h_T; either head is absent when its class count is 0."""
+  """g with h_S and h_T; either head is absent when its class count is 0.
+
+  `precision` is the encoder's Keras dtype policy ('float32' or
+  'mixed_bfloat16'); the heads always compute in float32, so logits, losses
+  and the reward are float32 whatever the encoder computes in.
+  """
 
   def __init__(self, backbone: str, image_size: int, num_channels: int,
                source_num_classes: int, target_num_classes: int,
-               backbone_weights: str = ''):
+               backbone_weights: str = '', precision: str = 'float32'):
     self.image_size, self.num_channels = image_size, num_channels
-    self.encoder = build_encoder(backbone, image_size, num_channels, backbone_weights)
+    with dtype_policy(precision):
+      self.encoder = build_encoder(backbone, image_size, num_channels, backbone_weights)
     self.source_head = _head(source_num_classes, 'source_head')
     self.target_head = _head(target_num_classes, 'target_head')
     self._build()
@@ -146,7 +155,24 @@ class TransferModel:
 
 
 def _head(num_classes: int, name: str) -> Optional[keras.layers.Dense]:
-  return keras.layers.Dense(num_classes, name=name) if num_classes > 0 else None
+  if num_classes <= 0:
+    return None
+  return keras.layers.Dense(num_classes, name=name, dtype='float32')
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+  """Builds layers under Keras dtype policy `name`, restoring the previous one.
+
+  Layers keep the policy they were built with, so setting it only around
+  construction leaves the process-wide default untouched.
+  """
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(name)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
 
 
 def weight_decay_variables(variables: list[tf.Variable]) -> list[tf.Variable]:

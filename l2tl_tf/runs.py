@@ -86,7 +86,8 @@ def build(config: Config, strategy: tf.distribute.Strategy,
   target_classes = data.target_num_classes if config.mode.uses_target else 0
   with strategy.scope():
     model = TransferModel(config.model.backbone, data.image_size, data.num_channels,
-                          source_classes, target_classes, config.model.backbone_weights)
+                          source_classes, target_classes, config.model.backbone_weights,
+                          config.precision)
     policy = (Policy(data.source_num_classes, config.policy, config.seed)
               if config.mode.uses_policy else None)
     trainer = Trainer(config, strategy, model, policy, fixed_lambda)

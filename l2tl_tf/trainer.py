@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2tl_tf import models
+from l2tl_tf import input_pipeline, models
 from l2tl_tf.config import Config
 from l2tl_tf.policy import Actions, Policy
 
@@ -81,6 +81,13 @@ class Trainer:
         nesterov=config.optimizer.nesterov)
     self.optimizer.build(model.trainable_variables)
     self._decayed = models.weight_decay_variables(model.trainable_variables)
+    # A nested tf.function cannot hold the optimizer's cross-replica
+    # all-reduce, so the model step is wrapped only for XLA, which
+    # config.validate allows on single-replica strategies alone.
+    self._model_update, self._reward_logits = self._model_step, self._reward_forward
+    if config.jit_compile:
+      self._model_update = tf.function(self._model_step, jit_compile=True)
+      self._reward_logits = tf.function(self._reward_forward, jit_compile=True)
     self.train_loop = tf.function(self._train_loop)
 
   # ------------------------------------------------------------ cross-replica
@@ -155,39 +162,79 @@ class Trainer:
   # ------------------------------------------------------------ per replica
 
   def replica_train_step(self, inputs: dict) -> dict:
-    """Forward, backward and SGD update on this replica's share of the batch."""
+    """Selection, decoding, then forward, backward and SGD on this replica's share."""
+    source, kept_lambda_sum = None, tf.constant(0.0)
+    if 'source' in inputs:
+      images, labels, weights = self._kept_source(inputs['source'], inputs['lambda'])
+      kept_lambda_sum = tf.reduce_sum(weights)
+      weights = normalise_source_weights(
+          weights, self.config.optimizer.source_weight_normalization)
+      source = (images, labels, weights * inputs['alpha'])
+    losses = self._model_update(source, inputs.get('target'))
+    return {**losses, 'kept_lambda_sum': kept_lambda_sum}
+
+  def _kept_source(self, batch, lambda_per_class):
+    """The B_S/R source examples this replica trains on, decoded, with their lambda.
+
+    Candidates arrive decoded (images, labels) or, with source_decode =
+    'after_select', as (encoded, labels, seeds): lambda depends only on the
+    label, so the top B_S are chosen before anything is decoded.
+    """
+    kept = self.config.source_batch_size // self.strategy.num_replicas_in_sync
+    labels = batch[1]
+    weights = tf.gather(lambda_per_class, labels)
+    if len(batch) == 2:
+      images = batch[0]
+      if images.shape[0] != kept:
+        indices = select_top_weighted(weights, kept)
+        images, labels, weights = (tf.gather(images, indices), tf.gather(labels, indices),
+                                   tf.gather(weights, indices))
+      return images, labels, weights
+    encoded, _, seeds = batch
+    indices = self._selected_indices(weights, kept)
+    images = input_pipeline.decode_and_augment(tf.gather(encoded, indices),
+                                               tf.gather(seeds, indices), self.config.data)
+    return images, tf.gather(labels, indices), tf.gather(weights, indices)
+
+  def _selected_indices(self, weights: tf.Tensor, kept: int) -> tf.Tensor:
+    """Positions of this replica's kept candidates.
+
+    Per replica: its own top `kept`. Global: every replica holds the same
+    global candidates, takes the global top B_S (as one device would) and
+    keeps slice `replica_id` of it.
+    """
+    if self.config.selection != 'global' or self.strategy.num_replicas_in_sync == 1:
+      return select_top_weighted(weights, kept)
+    chosen = select_top_weighted(weights, self.config.source_batch_size)
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return chosen[replica * kept:(replica + 1) * kept]
+
+  def _model_step(self, source, target) -> dict:
+    """The model's forward, backward and SGD update on kept, decoded batches.
+
+    `source` is (images, labels, alpha_s * normalised lambda) or None. Pure
+    tensor compute, so it is what --jit_compile hands to XLA.
+    """
     zero = tf.constant(0.0)
     with tf.GradientTape() as tape:
-      source_loss, kept_lambda_sum = zero, zero
-      if 'source' in inputs:
-        source_loss, kept_lambda_sum = self._source_loss(
-            inputs['source'], inputs['lambda'], inputs['alpha'])
-      target_loss = self._target_loss(inputs['target']) if 'target' in inputs else zero
+      source_loss = zero
+      if source is not None:
+        images, labels, weights = source
+        logits = self.model.source_logits(images, training=True)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        source_loss = tf.nn.compute_average_loss(
+            per_example * weights, global_batch_size=self.config.source_batch_size)
+      target_loss = self._target_loss(target) if target is not None else zero
       decay = self.config.optimizer.weight_decay * tf.add_n(
           [tf.nn.l2_loss(v) for v in self._decayed]) / self.strategy.num_replicas_in_sync
       total = source_loss + target_loss + decay
     variables = self.model.trainable_variables
     gradients = tape.gradient(total, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
-    return {'loss/source': source_loss, 'loss/target': target_loss,
-            'loss/weight_decay': decay, 'kept_lambda_sum': kept_lambda_sum}
+    return {'loss/source': source_loss, 'loss/target': target_loss, 'loss/weight_decay': decay}
 
-  def _source_loss(self, batch, lambda_per_class, alpha):
-    """alpha_s * sum_j lambda(y_j) L_S / B_S over the top-B_S candidates."""
-    images, labels = batch
-    kept = self.config.source_batch_size // self.strategy.num_replicas_in_sync
-    weights = tf.gather(lambda_per_class, labels)
-    if images.shape[0] != kept:
-      indices = select_top_weighted(weights, kept)
-      images, labels, weights = (tf.gather(images, indices), tf.gather(labels, indices),
-                                 tf.gather(weights, indices))
-    kept_lambda_sum = tf.reduce_sum(weights)
-    weights = normalise_source_weights(weights, self.config.optimizer.source_weight_normalization)
-    logits = self.model.source_logits(images, training=True)
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    loss = alpha * tf.nn.compute_average_loss(
-        per_example * weights, global_batch_size=self.config.source_batch_size)
-    return loss, kept_lambda_sum
+  def _reward_forward(self, images):
+    return self.model.target_logits(images, training=False)
 
   def _target_loss(self, batch):
     images, labels = batch
@@ -199,7 +246,7 @@ class Trainer:
   def replica_reward_outputs(self, batch):
     """Correct count, labels and probabilities of the target head, inference mode."""
     images, labels = batch
-    logits = self.model.target_logits(images, training=False)
+    logits = self._reward_logits(images)
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                              labels), tf.float32))
     return correct, tf.identity(labels), tf.nn.softmax(logits)

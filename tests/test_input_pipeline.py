@@ -92,15 +92,46 @@ def test_target_subsets_reject_bad_labels_and_small_classes():
 
 
 def test_streams_have_the_step_batch_shapes(tiny_data, tmp_path):
-  config = tiny_config(tiny_data, tmp_path)
+  config = tiny_config(tiny_data, tmp_path, source_decode='pipeline')
   subsets = input_pipeline.target_subsets(config)
   source_images, source_labels = next(iter(input_pipeline.source_dataset(config)))
   assert source_images.shape == (5 * 4, IMAGE_SIZE, IMAGE_SIZE, 1)  # M_S * B_S
   assert source_labels.dtype == tf.int32
+  encoded, labels, seeds = next(iter(input_pipeline.source_dataset(
+      dataclasses.replace(config, source_decode='after_select'))))
+  assert encoded.dtype == tf.string and encoded.shape == (5 * 4,)
+  assert seeds.shape == (5 * 4, 2)
+  np.testing.assert_array_equal(labels, source_labels)
   target_images, _ = next(iter(input_pipeline.target_train_dataset(config, subsets)))
   assert target_images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 1)
   reward_images, _ = next(iter(input_pipeline.reward_dataset(config, subsets)))
   assert reward_images.shape == (16, IMAGE_SIZE, IMAGE_SIZE, 1)  # B_P = 4 * B_T
+
+
+def test_decoding_after_selection_gives_the_pipeline_images(tiny_data, tmp_path):
+  """The step's decode of chosen candidates equals tf.data's decode of them all."""
+  config = tiny_config(tiny_data, tmp_path, source_decode='pipeline')
+  decoded, decoded_labels = next(iter(input_pipeline.source_dataset(config, start_step=3)))
+  encoded, labels, seeds = next(iter(input_pipeline.source_dataset(
+      dataclasses.replace(config, source_decode='after_select'), start_step=3)))
+  chosen = tf.constant([7, 0, 19, 3])
+  images = input_pipeline.decode_and_augment(tf.gather(encoded, chosen),
+                                             tf.gather(seeds, chosen), config.data)
+  np.testing.assert_array_equal(images, tf.gather(decoded, chosen))
+  np.testing.assert_array_equal(tf.gather(labels, chosen), tf.gather(decoded_labels, chosen))
+
+
+def test_global_selection_streams_repeat_the_global_candidates(tiny_data, tmp_path):
+  """Every local replica gets the same M_S * B_S global candidates, unsharded."""
+  config = tiny_config(tiny_data, tmp_path, selection='global')
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  first, second = list(input_pipeline.source_dataset(config, context).take(2))
+  alone = next(iter(input_pipeline.source_dataset(config)))
+  assert first[0].shape == (5 * 4,)
+  for a, b, c in zip(first, second, alone):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
 
 
 def test_source_stream_is_reproducible_for_a_seed(tiny_data, tmp_path):
@@ -154,10 +185,15 @@ def test_tfds_specs_stream_through_the_same_pipeline(tmp_path):
   data = DataConfig(source_train='tfds:dtd/train', target_train='tfds:dtd/train',
                     target_val='tfds:dtd/validation', source_num_classes=47,
                     target_num_classes=47, image_size=32, num_channels=3)
-  config = Config(model_dir=str(tmp_path), batch_size=2, source_batch_multiplier=4, data=data)
+  config = Config(model_dir=str(tmp_path), batch_size=2, source_batch_multiplier=4, data=data,
+                  source_decode='pipeline')
   with tfds.testing.mock_data(num_examples=12):
     images, labels = next(iter(input_pipeline.source_dataset(config)))
     assert images.shape == (8, 32, 32, 3)
+    encoded, _, seeds = next(iter(input_pipeline.source_dataset(
+        dataclasses.replace(config, source_decode='after_select'))))
+    np.testing.assert_array_equal(
+        input_pipeline.decode_and_augment(encoded, seeds, data), images)
     assert int(tf.reduce_max(labels)) < 47
     assert input_pipeline.source_class_names(data)[0] == 'banded'
     reward_images, _ = next(iter(input_pipeline.reward_dataset(

@@ -111,6 +111,65 @@ def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch, mirr
   assert int(mirrored_run.trainer.step.numpy()) == 2
 
 
+def _variables(run):
+  return [v.numpy() for v in run.model.trainable_variables] + [
+      run.policy.lambda_logits.numpy(), run.policy.alpha_logits.numpy()]
+
+
+def test_global_selection_on_two_replicas_equals_one_device(tiny_data, tmp_path, monkeypatch,
+                                                            mirrored):
+  """--selection=global keeps what one device keeps; per-replica keeps something else."""
+  monkeypatch.setitem(models.ENCODERS, 'dense_test', _dense_encoder)
+  monkeypatch.setitem(models._MIN_IMAGE_SIZE, 'dense_test', 1)  # pylint: disable=protected-access
+  config = tiny_config(tiny_data, tmp_path, selection='global',
+                       model=ModelConfig(backbone='dense_test'))
+  assert config.source_candidate_batch_size == 5 * config.source_batch_size
+  single_run, single_metrics, _ = _run_steps(config, tf.distribute.get_strategy(), 3)
+  global_run, global_metrics, _ = _run_steps(config, mirrored, 3)
+  local_run, local_metrics, _ = _run_steps(
+      dataclasses.replace(config, selection='per_replica'), mirrored, 3)
+
+  assert global_metrics['loss/source'] == pytest.approx(single_metrics['loss/source'],
+                                                        rel=1e-4)
+  assert global_metrics['policy/mean_lambda_kept'] == pytest.approx(
+      single_metrics['policy/mean_lambda_kept'], abs=1e-6)
+  for a, b in zip(_variables(single_run), _variables(global_run)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Each replica's own top B_S/R of a different candidate draw: another batch.
+  assert local_metrics['loss/source'] != pytest.approx(single_metrics['loss/source'], rel=1e-3)
+
+
+def test_decoding_after_selection_trains_exactly_as_decoding_everything(tiny_data, tmp_path):
+  """Same kept images, same seeds: the two source_decode settings give equal runs."""
+  results = {}
+  for decode in ('pipeline', 'after_select'):
+    config = tiny_config(tiny_data, tmp_path / decode, source_decode=decode)
+    assert config.decodes_after_select == (decode == 'after_select')
+    run, metrics, _ = _run_steps(config, tf.distribute.get_strategy(), 3)
+    results[decode] = (_variables(run), metrics)
+  for a, b in zip(results['pipeline'][0], results['after_select'][0]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert results['pipeline'][1]['loss/source'] == pytest.approx(
+      results['after_select'][1]['loss/source'], rel=1e-5)
+
+
+@pytest.mark.parametrize('overrides', [dict(jit_compile=True),
+                                       dict(precision='mixed_bfloat16'),
+                                       dict(jit_compile=True, precision='mixed_bfloat16')])
+def test_xla_and_bfloat16_options_train(tiny_data, tmp_path, overrides):
+  """XLA and mixed bfloat16 train finite losses on CPU, keeping float32 variables."""
+  config = tiny_config(tiny_data, tmp_path, **overrides)
+  run, metrics, _ = _run_steps(config, tf.distribute.get_strategy(), 3)
+  assert all(np.isfinite(value) for value in metrics.values())
+  assert metrics['loss/source'] > 0 and metrics['loss/target'] > 0
+  assert all(v.dtype == tf.float32 for v in run.model.trainable_variables)
+  expected = 'bfloat16' if 'precision' in overrides else 'float32'
+  conv = run.model.encoder.get_layer('conv0_0')
+  assert conv.compute_dtype == expected
+  assert run.model.target_head.compute_dtype == 'float32'
+  assert int(run.trainer.step.numpy()) == 3
+
+
 def test_get_strategy_builds_each_local_strategy(mirrored):
   assert strategy_lib.get_strategy('default').num_replicas_in_sync == 1
   assert strategy_lib.get_strategy('one_device').num_replicas_in_sync == 1

@@ -1,0 +1,40 @@
+"""Config.validate: the speed options refuse combinations that cannot run."""
+
+import dataclasses
+
+import pytest
+
+from conftest import tiny_config
+from l2tl_tf import config as config_lib
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(source_decode='lazy'), "--source_decode='lazy'"),
+    (dict(selection='everywhere'), "--selection='everywhere'"),
+    (dict(precision='float16'), "--precision='float16'"),
+    (dict(selection='global', source_decode='pipeline'), 'needs --source_decode=after_select'),
+    (dict(strategy='tpu', tpu='local'), 'use --source_decode=pipeline on TPU'),
+    (dict(jit_compile=True, strategy='mirrored'), 'XLA fails under MirroredStrategy'),
+])
+def test_speed_options_reject_combinations_that_cannot_run(tiny_data, tmp_path, overrides,
+                                                           message):
+  config = tiny_config(tiny_data, tmp_path, **overrides)
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
+
+
+def test_tpu_with_pipeline_decoding_and_no_selection_are_accepted(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path, strategy='tpu', tpu='local',
+                       source_decode='pipeline')
+  config_lib.validate(config)
+  # Fine-tuning reads no candidates to select from, so nothing is decoded in the step.
+  config_lib.validate(dataclasses.replace(config, source_decode='after_select',
+                                          mode=config_lib.Mode.FINETUNE,
+                                          warm_start_from='somewhere'))
+
+
+def test_decoding_after_selection_applies_only_when_the_step_selects(tiny_data, tmp_path):
+  assert tiny_config(tiny_data, tmp_path).decodes_after_select
+  assert not tiny_config(tiny_data, tmp_path, source_batch_multiplier=1).decodes_after_select
+  assert not tiny_config(tiny_data, tmp_path, mode='uniform').decodes_after_select
+  assert not tiny_config(tiny_data, tmp_path, mode='pretrain').decodes_after_select
