@@ -73,6 +73,32 @@ def _parse_record(serialized):
   return parsed[records.IMAGE_KEY], parsed[records.LABEL_KEY]
 
 
+# Every gzip file starts with these bytes (RFC 1952: magic, then method
+# deflate). A plain TFRecord starts with its first record's length instead, so
+# it could only look the same if that record were 559,903 bytes (mod 2**24).
+_GZIP_MAGIC = b'\x1f\x8b\x08'
+
+
+def tfrecord_compression_type(files: list[str]) -> str:
+  """'GZIP' when the TFRecord files are gzip-compressed (TFX ExampleGen writes
+  them so), '' when not: read from the files' first bytes, not their names.
+
+  Raises:
+    ValueError: when some files are compressed and others are not (empty
+      files count as either).
+  """
+  kinds = {}
+  for path in files:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      head = f.read(len(_GZIP_MAGIC))
+    if head:
+      kinds.setdefault('GZIP' if head == _GZIP_MAGIC else '', path)
+  if len(kinds) > 1:
+    raise ValueError(f'{kinds["GZIP"]} is GZIP-compressed but {kinds[""]} is not: one '
+                     'dataset spec must match TFRecord files of one kind.')
+  return next(iter(kinds), '')
+
+
 def raw_dataset(spec: str, data: DataConfig, label_offset: int,
                 input_context: Optional[tf.distribute.InputContext] = None,
                 shuffle_files_seed: Optional[int] = None) -> tf.data.Dataset:
@@ -110,8 +136,10 @@ def _tfrecord_dataset(pattern, input_context, shuffle_files_seed):
       shard_examples = True
   if shuffle_files_seed is not None:
     dataset = dataset.shuffle(len(files), seed=shuffle_files_seed)
+  compression = tfrecord_compression_type(files)
   dataset = dataset.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+      lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+      cycle_length=min(len(files), 16),
       num_parallel_calls=AUTOTUNE, deterministic=True)
   if shard_examples:
     dataset = dataset.shard(input_context.num_input_pipelines,
