@@ -1,0 +1,64 @@
+"""benchmarks/speed.py: its decode counts and table, on the tiny data.
+
+The timings themselves are the benchmark's to report, not a test's to assert;
+what is tested is that the counts it reports measure what they claim.
+"""
+
+import dataclasses
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from conftest import tiny_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_speed():
+  """benchmarks/speed.py as a module (once: it defines absl flags)."""
+  name = 'benchmarks_speed'
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, 'benchmarks', 'speed.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[name]
+
+
+speed = _load_speed()
+
+
+@pytest.mark.parametrize('decode, per_trained', [('after_select', 1.0), ('pipeline', 5.0)])
+def test_decode_counts_follow_where_candidates_are_decoded(tiny_data, tmp_path, decode,
+                                                           per_trained):
+  config = tiny_config(tiny_data, tmp_path, source_decode=decode)
+  assert config.source_batch_multiplier == 5
+  counts = speed.count_decodes(config, steps=4)
+  assert counts['source_decoded_per_trained'] == pytest.approx(per_trained)
+  # The reward set is decoded on the first pass only, then served from memory.
+  assert counts['validation_decodes_over_three_passes'] == counts['validation_images'] == 20
+
+
+def test_decode_counter_restores_the_decoder():
+  from l2tl_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+  original = input_pipeline.decode_image
+  with speed.DecodeCounter():
+    assert input_pipeline.decode_image is not original
+  assert input_pipeline.decode_image is original
+
+
+def test_table_reports_the_issue_ratios():
+  ms = dict(finetune=10.0, l2tl=33.0, l2tl_decode_all=40.0, part_train=20.0, part_reward=12.0,
+            pipeline=11.0)
+  result = {'setup': dataclasses.asdict(speed.SETUPS['small_cnn']), 'ms': ms,
+            'l2tl_over_parts': 33.0 / 32.0, 'l2tl_over_finetune': 3.3,
+            'pipeline_over_l2tl_consumption': 3.0,
+            'decodes': {'source_decoded_per_trained': 1.0, 'validation_images': 20,
+                        'validation_decodes_over_three_passes': 20},
+            'decodes_decode_all': {'source_decoded_per_trained': 5.0}}
+  table = speed.format_table({'small_cnn': result})
+  assert '| small_cnn (B=64, 28 px) | 10.0 | 33.0 | 40.0 | 20.0 | 12.0 | 1.031 | 3.30 ' in table
+  assert '| 1.00 (5.00) | 20 of 20 | 3.0x |' in table
