@@ -18,7 +18,7 @@ import tensorflow as tf
 from l2tl_tf import config as config_lib
 from l2tl_tf import evaluation, input_pipeline, ranking, runs
 from l2tl_tf.config import Config
-from l2tl_tf.strategy import get_strategy
+from l2tl_tf.strategy import get_strategy, is_chief, summary_writer
 
 
 @dataclasses.dataclass
@@ -57,14 +57,15 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   fixed_lambda = (ranking.read_class_weight_vector(config.fixed_source_weights,
                                                    config.data.source_num_classes)
                   if config.fixed_source_weights else None)
-  runs.prepare_run_dir(config)
+  if is_chief(strategy):
+    runs.prepare_run_dir(config)
   # Seeds Keras initialisers (and Python/NumPy/TF global RNGs): the same
   # command initialises the same weights.
   keras.utils.set_random_seed(config.seed)
   run = runs.build(config, strategy, fixed_lambda)
   _initialise(run, log)
   iterators = _iterators(config, strategy, subsets, int(run.trainer.step.numpy()))
-  writer = tf.summary.create_file_writer(config.model_dir)
+  writer = summary_writer(config.model_dir, strategy)
   validate_on = _validation_evaluator(config, run, subsets)
   started = time.time()
   with PreemptionSignal() as preemption:
@@ -73,7 +74,8 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   ranked = None
   if config.mode.learns_lambda and not preemption.received:
     ranked = ranking.rank_source_classes(run.policy, class_names, seed=config.seed)
-    ranking.write_source_class_weights(ranked, config.model_dir)
+    if is_chief(strategy):
+      ranking.write_source_class_weights(ranked, config.model_dir)
   return TrainResult(config.model_dir, int(run.trainer.step.numpy()), metrics,
                      time.time() - started, ranked, history, preemption.received)
 

@@ -17,6 +17,7 @@ from l2tl_tf import config as config_lib
 from l2tl_tf.config import Config
 from l2tl_tf.models import TransferModel
 from l2tl_tf.policy import Policy
+from l2tl_tf.strategy import ChiefCheckpointManager
 from l2tl_tf.trainer import Trainer
 
 CONFIG_FILE = 'config.json'
@@ -31,7 +32,7 @@ class Run:
   policy: Optional[Policy]
   trainer: Trainer
   checkpoint: tf.train.Checkpoint
-  manager: tf.train.CheckpointManager
+  manager: ChiefCheckpointManager
 
 
 def load_config(model_dir: str) -> Config:
@@ -95,8 +96,8 @@ def build(config: Config, strategy: tf.distribute.Strategy,
   if policy is not None:
     items['policy'] = policy
   checkpoint = tf.train.Checkpoint(**items)
-  manager = tf.train.CheckpointManager(checkpoint, config.model_dir,
-                                       max_to_keep=config.keep_checkpoints)
+  manager = ChiefCheckpointManager(checkpoint, config.model_dir, strategy,
+                                  max_to_keep=config.keep_checkpoints)
   return Run(config, strategy, model, policy, trainer, checkpoint, manager)
 
 
