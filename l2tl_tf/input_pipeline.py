@@ -68,11 +68,6 @@ def list_files(pattern: str) -> list[str]:
   return files
 
 
-def _parse_record(serialized):
-  parsed = tf.io.parse_single_example(serialized, records.FEATURE_SPEC)
-  return parsed[records.IMAGE_KEY], parsed[records.LABEL_KEY]
-
-
 # Every gzip file starts with these bytes (RFC 1952: magic, then method
 # deflate). A plain TFRecord starts with its first record's length instead, so
 # it could only look the same if that record were 559,903 bytes (mod 2**24).
@@ -101,7 +96,8 @@ def tfrecord_compression_type(files: list[str]) -> str:
 
 def raw_dataset(spec: str, data: DataConfig, label_offset: int,
                 input_context: Optional[tf.distribute.InputContext] = None,
-                shuffle_files_seed: Optional[int] = None) -> tf.data.Dataset:
+                shuffle_files_seed: Optional[int] = None,
+                num_classes: int = 0) -> tf.data.Dataset:
   """Examples as (encoded image bytes, int32 label), labels made 0-based.
 
   Args:
@@ -111,6 +107,10 @@ def raw_dataset(spec: str, data: DataConfig, label_offset: int,
     input_context: shard for this input pipeline when given.
     shuffle_files_seed: shuffle file order with this seed; None keeps a
       deterministic order (used for label scans and evaluation).
+    num_classes: when > 0, a label outside [0, num_classes) stops the stream
+      with an error naming `spec`. The source stream needs it: its shards are
+      only sampled before training (see preflight.py), and on accelerators an
+      out-of-range label gives NaN or garbage rather than an error.
 
   Returns:
     A tf.data.Dataset of (tf.string, tf.int32) scalars.
@@ -120,8 +120,21 @@ def raw_dataset(spec: str, data: DataConfig, label_offset: int,
     dataset = _tfds_dataset(parsed, data, input_context, shuffle_files_seed)
   else:
     dataset = _tfrecord_dataset(parsed.spec, input_context, shuffle_files_seed)
-  return dataset.map(lambda image, label: (image, tf.cast(label - label_offset, tf.int32)),
-                     num_parallel_calls=AUTOTUNE)
+  return dataset.map(
+      lambda image, label: (image, _zero_based(label, spec, label_offset, num_classes)),
+      num_parallel_calls=AUTOTUNE)
+
+
+def _zero_based(label, spec, label_offset, num_classes):
+  label = tf.cast(label - label_offset, tf.int32)
+  if not num_classes:
+    return label
+  in_range = tf.debugging.Assert((label >= 0) & (label < num_classes), [
+      f'A record of {spec} has a label outside [0, {num_classes}) after subtracting the '
+      f'label offset {label_offset}: fix the class count or the label offset flag '
+      '(1-based ImageNet labels need offset 1). The label:', label])
+  with tf.control_dependencies([in_range]):
+    return tf.identity(label)
 
 
 def _tfrecord_dataset(pattern, input_context, shuffle_files_seed):
@@ -144,7 +157,7 @@ def _tfrecord_dataset(pattern, input_context, shuffle_files_seed):
   if shard_examples:
     dataset = dataset.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
-  return dataset.map(_parse_record, num_parallel_calls=AUTOTUNE)
+  return dataset.map(records.parse_example, num_parallel_calls=AUTOTUNE)
 
 
 def _tfds_dataset(parsed, data, input_context, shuffle_files_seed):
@@ -266,7 +279,8 @@ def scan_labels(spec: str, data: DataConfig, label_offset: int) -> np.ndarray:
 
 
 def choose_target_subsets(labels: np.ndarray, num_classes: int, examples_per_class: int,
-                          val_examples_per_class: int, seed: int) -> TargetSubsets:
+                          val_examples_per_class: int, seed: int,
+                          dataset: str = '--target_train') -> TargetSubsets:
   """Seeded per-class split: `val` examples for rewards, then `k` for training.
 
   Args:
@@ -275,13 +289,14 @@ def choose_target_subsets(labels: np.ndarray, num_classes: int, examples_per_cla
     examples_per_class: k (0 keeps every example not carved out).
     val_examples_per_class: per-class carve-out for the reward set (0: none).
     seed: the run's seed.
+    dataset: names the labels' dataset in error messages.
 
   Raises:
     ValueError: on an out-of-range label or a class too small for the request.
   """
   bad = labels[(labels < 0) | (labels >= num_classes)]
   if bad.size:
-    raise ValueError(f'target_train has label {int(bad[0])} outside [0, {num_classes}): '
+    raise ValueError(f'{dataset} has label {int(bad[0])} outside [0, {num_classes}): '
                      'check --target_num_classes and --target_label_offset.')
   rng = np.random.default_rng([seed, 20190625])
   train, val = [], []
@@ -289,10 +304,8 @@ def choose_target_subsets(labels: np.ndarray, num_classes: int, examples_per_cla
     members = rng.permutation(np.flatnonzero(labels == cls))
     needed = val_examples_per_class + max(examples_per_class, 0)
     if len(members) < max(needed, 1):
-      raise ValueError(f'Target class {cls} has {len(members)} examples but '
-                       f'{val_examples_per_class} validation + {examples_per_class} '
-                       'training examples were asked for: lower --examples_per_class '
-                       'or --val_examples_per_class.')
+      raise ValueError(_class_too_small(cls, len(members), dataset, num_classes,
+                                        examples_per_class, val_examples_per_class))
     val.append(members[:val_examples_per_class])
     rest = members[val_examples_per_class:]
     train.append(rest[:examples_per_class] if examples_per_class > 0 else rest)
@@ -301,12 +314,26 @@ def choose_target_subsets(labels: np.ndarray, num_classes: int, examples_per_cla
                        val_indices=np.sort(np.concatenate(val)))
 
 
+def _class_too_small(cls: int, size: int, dataset: str, num_classes: int,
+                     examples_per_class: int, val_examples_per_class: int) -> str:
+  if not size:
+    return (f'Target class {cls} has no examples in {dataset} (so none to train on or to '
+            f'carve validation examples from): every class below --target_num_classes='
+            f'{num_classes} needs some. Add examples of class {cls} or lower '
+            '--target_num_classes.')
+  return (f'Target class {cls} has {size} examples in {dataset} but '
+          f'--val_examples_per_class={val_examples_per_class} + '
+          f'--examples_per_class={examples_per_class} were asked for: lower them to '
+          f'{size} together at most, or add examples of class {cls}.')
+
+
 def target_subsets(config: Config) -> TargetSubsets:
   data = config.data
   labels = scan_labels(data.target_train, data, data.target_label_offset)
   val_per_class = data.val_examples_per_class if not data.target_val else 0
   return choose_target_subsets(labels, data.target_num_classes, data.examples_per_class,
-                               val_per_class, config.seed)
+                               val_per_class, config.seed,
+                               dataset=f'--target_train={data.target_train}')
 
 
 def _take_positions(dataset: tf.data.Dataset, positions: np.ndarray,
@@ -319,12 +346,37 @@ def _take_positions(dataset: tf.data.Dataset, positions: np.ndarray,
 
 # ---------------------------------------------------------------- streams
 
+# The flags that set each global batch, for the fix in error messages.
+_BATCH_FLAGS = {
+    'source': '--batch_size, --source_batch_ratio or --source_batch_multiplier',
+    'kept source': '--batch_size or --source_batch_ratio',
+    'target': '--batch_size',
+    'reward': '--batch_size or --reward_batch_ratio',
+}
+
+
 def _per_replica_batch(global_batch: int, input_context, what: str) -> int:
   replicas = input_context.num_replicas_in_sync if input_context else 1
   if global_batch % replicas:
     raise ValueError(f'The global {what} batch of {global_batch} is not divisible by '
-                     f'the {replicas} replicas: pick a --batch_size that is.')
+                     f'the {replicas} replicas: change {_BATCH_FLAGS[what]} so that it is.')
   return global_batch // replicas
+
+
+def check_batches(config: Config, num_replicas: int) -> None:
+  """Raises unless every global batch of this run splits evenly over the replicas.
+
+  The streams check their own batch when built, which is after the run
+  directory is written; this makes the same checks before. B_S is checked even
+  when only M_S * B_S candidates are read: the step keeps B_S / replicas of
+  them on each replica.
+  """
+  context = tf.distribute.InputContext(num_replicas_in_sync=num_replicas)
+  batches = {'kept source': config.source_batch_size if config.mode.uses_source else 0,
+             'target': config.target_batch_size if config.mode.uses_target else 0,
+             'reward': config.reward_batch_size if config.mode.uses_policy else 0}
+  for what, global_batch in batches.items():
+    _per_replica_batch(global_batch, context, what)
 
 
 def _pipeline_seed(seed: int, stream: int, input_context) -> int:
@@ -394,7 +446,8 @@ def source_dataset(config: Config, input_context=None, start_step: int = 0) -> t
     batch = _per_replica_batch(config.source_candidate_batch_size, input_context, 'source')
     context = input_context
   dataset = raw_dataset(data.source_train, data, data.source_label_offset,
-                        context, shuffle_files_seed=seed)
+                        context, shuffle_files_seed=seed,
+                        num_classes=data.source_num_classes)
   dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed)
   if not config.decodes_after_select:
     return _augment_and_batch(dataset, data, seed, batch, start_step)

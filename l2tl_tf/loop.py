@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2tl_tf import config as config_lib
-from l2tl_tf import evaluation, input_pipeline, ranking, runs
+from l2tl_tf import evaluation, input_pipeline, preflight, ranking, runs
 from l2tl_tf.config import Config
 from l2tl_tf.strategy import get_strategy, is_chief, summary_writer
 
@@ -51,7 +51,7 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
     raise ValueError(f'--warmup_steps={config.optimizer.warmup_steps} >= --train_steps='
                      f'{config.train_steps}: the learning rate would never reach its target.')
   strategy = strategy or get_strategy(config.strategy, config.tpu)
-  subsets = input_pipeline.target_subsets(config) if config.mode.uses_target else None
+  subsets = preflight.check(config, strategy)
   class_names = (input_pipeline.source_class_names(config.data)
                  if config.mode.uses_source else None)
   fixed_lambda = (ranking.read_class_weight_vector(config.fixed_source_weights,
@@ -88,8 +88,7 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
   while (step := int(run.trainer.step.numpy())) < config.train_steps:
     num_steps = _steps_this_loop(config, step)
     loop_start = time.time()
-    metrics = {k: float(v) for k, v in run.trainer.train_loop(
-        iterators, tf.constant(num_steps, tf.int32)).items()}
+    metrics = _run_loop(run, iterators, step, num_steps, log)
     step += num_steps
     if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
       metrics['eval/val_top1'] = validate_on()
@@ -105,6 +104,20 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
           'resume.')
       break
   return metrics, history
+
+
+def _run_loop(run: runs.Run, iterators: dict, step: int, num_steps: int, log) -> dict:
+  """Runs one loop; a read or decode error met in it is traced to its shard."""
+  try:
+    metrics = run.trainer.train_loop(iterators, tf.constant(num_steps, tf.int32))
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+    preflight.explain_input_error(run.config, error, _steps(step + 1, step + num_steps), log)
+    raise
+  return {name: float(value) for name, value in metrics.items()}
+
+
+def _steps(first: int, last: int) -> str:
+  return f'step {first}' if first == last else f'steps {first}-{last}'
 
 
 class PreemptionSignal:

@@ -29,6 +29,12 @@ def encode_png(image: np.ndarray) -> bytes:
   return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
 
 
+def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(encoded image bytes, int64 stored label) of one serialized record."""
+  parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+  return parsed[IMAGE_KEY], parsed[LABEL_KEY]
+
+
 def make_example(encoded_image: bytes, label: int) -> tf.train.Example:
   return tf.train.Example(features=tf.train.Features(feature={
       IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded_image])),

@@ -44,23 +44,29 @@ def load_config(model_dir: str) -> Config:
     return Config.from_dict(json.load(f))
 
 
-def prepare_run_dir(config: Config) -> None:
-  """Writes config.json first; refuses a directory holding a different run.
+def check_run_dir(config: Config) -> None:
+  """Refuses a model_dir holding a run with other settings; writes nothing.
 
   Rerunning the same command resumes; settings in RESUMABLE_CHANGES (the
   step budget, logging cadence, strategy) may change between attempts.
   """
-  tf.io.gfile.makedirs(config.model_dir)
   path = os.path.join(config.model_dir, CONFIG_FILE)
-  if tf.io.gfile.exists(path):
-    differences = _differences(load_config(config.model_dir).to_dict(), config.to_dict())
-    blocking = {k: v for k, v in differences.items() if k not in config_lib.RESUMABLE_CHANGES}
-    if blocking:
-      listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(blocking.items()))
-      raise ValueError(f'--model_dir={config.model_dir} holds a run with other settings '
-                       f'({listed}). Use a new --model_dir, or rerun with the same flags '
-                       'to resume.')
-  with tf.io.gfile.GFile(path, 'w') as f:
+  if not tf.io.gfile.exists(path):
+    return
+  differences = _differences(load_config(config.model_dir).to_dict(), config.to_dict())
+  blocking = {k: v for k, v in differences.items() if k not in config_lib.RESUMABLE_CHANGES}
+  if blocking:
+    listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(blocking.items()))
+    raise ValueError(f'--model_dir={config.model_dir} holds a run with other settings '
+                     f'({listed}). Use a new --model_dir, or rerun with the same flags '
+                     'to resume.')
+
+
+def prepare_run_dir(config: Config) -> None:
+  """Writes config.json first, after `check_run_dir`."""
+  check_run_dir(config)
+  tf.io.gfile.makedirs(config.model_dir)
+  with tf.io.gfile.GFile(os.path.join(config.model_dir, CONFIG_FILE), 'w') as f:
     f.write(config.to_json())
 
 
@@ -114,10 +120,12 @@ def resolve_checkpoint(path: str) -> str:
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if not latest:
-      raise ValueError(f'--warm_start_from={path} is a directory with no checkpoint.')
+      raise ValueError(f'--warm_start_from={path} is a directory with no checkpoint: '
+                       'train that run first, or give a checkpoint prefix.')
     return latest
   if not tf.io.gfile.exists(path + '.index'):
-    raise ValueError(f'--warm_start_from={path} is neither a run directory nor a checkpoint.')
+    raise ValueError(f'--warm_start_from={path} is neither a run directory nor a checkpoint: '
+                     'give a run directory or a prefix such as RUN_DIR/ckpt-20000.')
   return path
 
 
@@ -125,25 +133,58 @@ def warm_start(run: Run, path: str) -> str:
   """Loads g (and h_S when this run has one) from a pretrained checkpoint.
 
   The target head and both optimizers start fresh, as in fine-tuning.
+  """
+  return load_pretrained(run.model, run.config, path)
+
+
+def load_pretrained(model: TransferModel, config: Config, path: str) -> str:
+  """Reads g (and h_S when `model` has one) from the checkpoint at `path`.
+
+  Returns:
+    The checkpoint prefix read.
 
   Raises:
-    ValueError: when the checkpoint lacks a part or a shape differs (another
-      backbone, image size or source class count).
+    ValueError: when the checkpoint lacks a part or a shape differs; it names
+      the settings that differ when the pretrained run's config.json is
+      beside the checkpoint.
   """
   prefix = resolve_checkpoint(path)
-  parts = {'encoder': run.model.encoder}
-  if run.model.source_head is not None:
-    parts['source_head'] = run.model.source_head
+  parts = {'encoder': model.encoder}
+  if model.source_head is not None:
+    parts['source_head'] = model.source_head
   try:
     tf.train.Checkpoint(**parts).read(prefix).assert_existing_objects_matched().expect_partial()
   except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+    details = str(error).strip().splitlines()[0][:300]
     raise ValueError(
-        f'Cannot warm start {sorted(parts)} from {prefix}: it was trained with another '
-        'backbone, image size, channel count or source class count '
-        f'(--backbone={run.config.model.backbone}, --image_size={run.config.data.image_size}, '
-        f'--source_num_classes={run.config.data.source_num_classes}). Details: {error}'
+        f'Cannot warm start {sorted(parts)} from --warm_start_from={path} ({prefix}): '
+        f'{_pretrained_mismatch(config, prefix, "source_head" in parts)} Details: {details}'
     ) from error
   return prefix
+
+
+def _pretrained_mismatch(config: Config, prefix: str, with_source_head: bool) -> str:
+  """Which settings that shape g and h_S differ from the pretrained run's."""
+  ours = _shaping_settings(config, with_source_head)
+  listed = ' '.join(f'--{key}={value}' for key, value in ours.items())
+  directory = os.path.dirname(prefix)
+  if tf.io.gfile.exists(os.path.join(directory, CONFIG_FILE)):
+    theirs = _shaping_settings(load_config(directory), with_source_head)
+    differ = ' '.join(f'--{key}={value}' for key, value in theirs.items() if value != ours[key])
+    if differ:
+      return (f'that run was trained with {differ} but this run has {listed}. Warm start '
+              'from a run with the same settings, or drop --warm_start_from.')
+  return (f'its variables do not fit this run ({listed}): it comes from another backbone, '
+          'channel count or source class count. Warm start from a checkpoint of the same '
+          'architecture, or drop --warm_start_from.')
+
+
+def _shaping_settings(config: Config, with_source_head: bool) -> dict:
+  """The settings that shape the variables of g (and h_S), by flag name."""
+  settings = {'backbone': config.model.backbone, 'num_channels': config.data.num_channels}
+  if with_source_head:
+    settings['source_num_classes'] = config.data.source_num_classes
+  return settings
 
 
 def restore_for_inference(model_dir: str, target_test: str = '') -> Run:
