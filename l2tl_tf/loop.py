@@ -90,6 +90,7 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
     loop_start = time.time()
     metrics = _run_loop(run, iterators, step, num_steps, log)
     step += num_steps
+    _stop_if_loss_diverged(run, metrics, step - num_steps + 1, step)
     if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
       metrics['eval/val_top1'] = validate_on()
     history.append({'step': step, **metrics})
@@ -98,6 +99,7 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
                        (time.time() - started) / max(step - start, 1)))
     if (step % config.checkpoint_every == 0 or step >= config.train_steps
         or preemption.received):
+      _stop_if_weights_diverged(run, step)
       run.manager.save(checkpoint_number=step)
     if preemption.received:
       log(f'SIGTERM received: checkpoint saved at step {step}. Rerun the same command to '
@@ -114,6 +116,39 @@ def _run_loop(run: runs.Run, iterators: dict, step: int, num_steps: int, log) ->
     preflight.explain_input_error(run.config, error, _steps(step + 1, step + num_steps), log)
     raise
   return {name: float(value) for name, value in metrics.items()}
+
+
+def _stop_if_loss_diverged(run: runs.Run, metrics: dict, first_step: int, last_step: int):
+  """Stops on a NaN or Inf loss, before it can reach a checkpoint.
+
+  The loop's mean loss is on the host already, so this adds no sync per step;
+  a NaN at any step of the loop makes the mean NaN. It names the loop's steps:
+  --steps_per_loop=1 would name the exact step.
+  """
+  loss = metrics['loss/total']
+  if not np.isfinite(loss):
+    raise _diverged(run, f'the mean loss/total over {_steps(first_step, last_step)} is {loss}')
+
+
+def _stop_if_weights_diverged(run: runs.Run, step: int) -> None:
+  """Refuses to save weights an update made non-finite after a finite loss."""
+  variables = [v for part in run.model.checkpoint_items().values() for v in part.variables]
+  if not bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])):
+    raise _diverged(run, f'the weights after step {step} are not finite')
+
+
+def _diverged(run: runs.Run, found: str) -> FloatingPointError:
+  config = run.config
+  latest = run.manager.latest_checkpoint
+  kept = (f'the last good checkpoint, {latest}, is kept' if latest
+          else 'there is no earlier checkpoint')
+  suspects = 'the inputs of those steps' + (
+      f' and --warm_start_from={config.warm_start_from}' if config.warm_start_from else '')
+  return FloatingPointError(
+      f'Training diverged: {found}. It stopped without saving; {kept}. Lower --learning_rate '
+      f'(now {config.optimizer.learning_rate}) or raise --warmup_steps (now '
+      f'{config.optimizer.warmup_steps}), or check {suspects}; then train in a new '
+      '--model_dir.')
 
 
 def _steps(first: int, last: int) -> str:

@@ -4,7 +4,8 @@ A bad input that can be caught before training must be: the error names the
 flag or file, the value at fault and the fix, a fresh --model_dir is not even
 created, and a directory holding a good run is left byte for byte as it was.
 Faults that only show deep inside a large source (a record past a shard's
-first) stop training with the same kind of message.
+first, a diverging loss) stop training with the same kind of message and
+never overwrite a good checkpoint.
 """
 
 import dataclasses
@@ -340,3 +341,35 @@ def test_one_based_source_labels_met_in_training_suggest_the_offset_flag(tiny_da
   message = fails_in_training(config)
   assert f'--source_train={pattern} looks 1-based' in message
   assert 'Pass --source_label_offset=1' in message
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_data,
+                                                                            tmp_path):
+  """Warm-up gives step 1 a zero rate; the huge rate after it makes the loss NaN."""
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='scratch', train_steps=8,
+                       steps_per_loop=2, checkpoint_every=2,
+                       optimizer=OptimizerConfig(learning_rate=1e30, warmup_steps=4))
+  message = fails_in_training(config, FloatingPointError)
+  good = tf.train.latest_checkpoint(config.model_dir)
+  assert good.endswith('ckpt-2')
+  assert 'the mean loss/total over steps 3-4 is nan' in message
+  assert f'the last good checkpoint, {good}, is kept' in message
+  assert 'Lower --learning_rate (now 1e+30)' in message
+  reader = tf.train.load_checkpoint(good)
+  for name, dtype in reader.get_variable_to_dtype_map().items():
+    if dtype.is_floating:
+      assert np.isfinite(reader.get_tensor(name)).all(), name
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(tiny_data, tmp_path):
+  """NaN BatchNorm statistics do not touch the training loss, only the weights."""
+  encoder = models.build_encoder('small_cnn', 16, 1)
+  for variable in encoder.non_trainable_variables:
+    variable.assign(tf.fill(variable.shape, np.nan))
+  pretrained = fake_checkpoint(tmp_path / 'nan_stats', encoder, source_classes=8)
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='finetune', warm_start_from=pretrained)
+  message = fails_in_training(config, FloatingPointError)
+  assert 'the weights after step 3 are not finite' in message
+  assert 'there is no earlier checkpoint' in message
+  assert f'check the inputs of those steps and --warm_start_from={pretrained}' in message
+  assert tf.train.latest_checkpoint(config.model_dir) is None
