@@ -40,12 +40,16 @@ from l2tl_tf.config import Config, DataConfig, Mode, ModelConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
-flags.DEFINE_list('setups', ['small_cnn', 'resnet50'], 'Which setups to time.')
-flags.DEFINE_integer('rounds', 5, 'Interleaved rounds; medians are over rounds.')
-flags.DEFINE_string('data_dir', os.path.join(tempfile.gettempdir(), 'l2tl_speed_data'),
-                    'Where the demo TFRecords are built (reused when present).')
-flags.DEFINE_string('results_dir', os.path.join(REPO_ROOT, 'benchmarks', 'results'),
-                    'Where speed.json and speed.md go.')
+
+
+def define_flags() -> None:
+  """The command line; defined only when run, so tests can import this module."""
+  flags.DEFINE_list('setups', ['small_cnn', 'resnet50'], 'Which setups to time.')
+  flags.DEFINE_integer('rounds', 5, 'Interleaved rounds; medians are over rounds.')
+  flags.DEFINE_string('data_dir', os.path.join(tempfile.gettempdir(), 'l2tl_speed_data'),
+                      'Where the demo TFRecords are built (reused when present).')
+  flags.DEFINE_string('results_dir', os.path.join(REPO_ROOT, 'benchmarks', 'results'),
+                      'Where speed.json and speed.md go.')
 
 M_S = 5
 
@@ -300,4 +304,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -122,3 +122,18 @@ def binary_command(name: str, *args) -> list:
 
 
 QUIET_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def load_benchmark(filename: str):
+  """benchmarks/<filename> as a module, loaded once (benchmarks define absl flags)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  name = 'benchmarks_' + os.path.splitext(filename)[0]
+  if name not in sys.modules:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(root, 'benchmarks', filename))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[name]

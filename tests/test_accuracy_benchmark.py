@@ -8,34 +8,20 @@ changes. The flagfiles in flags/bench/ are checked against the registry.
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
 from l2tl_tf import bench_data, ranking
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OPTIONS = bench_data.BuildOptions(pool_per_class=4, val_per_class=3, source_shards=2)
 PLANTED_IDS = list(range(22, 32))  # 12 glyph + 10 fashion classes, then 10 planted.
 
-
-def _load_runner():
-  """benchmarks/accuracy.py as a module (once: it defines absl flags)."""
-  name = 'benchmarks_accuracy'
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, 'benchmarks', 'accuracy.py'))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
-
-
-accuracy = _load_runner()
+accuracy = load_benchmark('accuracy.py')
 
 
 @pytest.fixture(autouse=True)

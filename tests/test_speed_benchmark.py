@@ -5,30 +5,12 @@ what is tested is that the counts it reports measure what they claim.
 """
 
 import dataclasses
-import importlib.util
-import os
-import sys
 
 import pytest
 
-from conftest import tiny_config
+from conftest import load_benchmark, tiny_config
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_speed():
-  """benchmarks/speed.py as a module (once: it defines absl flags)."""
-  name = 'benchmarks_speed'
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, 'benchmarks', 'speed.py'))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
-
-
-speed = _load_speed()
+speed = load_benchmark('speed.py')
 
 
 @pytest.mark.parametrize('decode, per_trained', [('after_select', 1.0), ('pipeline', 5.0)])
