@@ -11,6 +11,9 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=setuptools.find_packages(include=['l2tl_tf', 'l2tl_tf.*']),
+    # The TFX Trainer module file sits alone in a directory that is not a
+    # package (TFX wheels up the module file's whole directory).
+    package_data={'l2tl_tf': ['tfx_module/*.py']},
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',
