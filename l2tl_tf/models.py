@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 # Smallest input each keras.applications backbone accepts (include_top=False).
-_MIN_IMAGE_SIZE = {'inception_v3': 75, 'resnet50': 32, 'densenet121': 32, 'small_cnn': 8}
+MIN_IMAGE_SIZE = {'inception_v3': 75, 'resnet50': 32, 'densenet121': 32, 'small_cnn': 8}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -97,8 +97,8 @@ def build_encoder(name: str, image_size: int, num_channels: int,
   """
   if name not in ENCODERS:
     raise ValueError(f'--backbone={name!r} is unknown; choose one of {sorted(ENCODERS)}.')
-  if image_size < _MIN_IMAGE_SIZE[name]:
-    raise ValueError(f'--backbone={name} needs --image_size >= {_MIN_IMAGE_SIZE[name]}, '
+  if image_size < MIN_IMAGE_SIZE[name]:
+    raise ValueError(f'--backbone={name} needs --image_size >= {MIN_IMAGE_SIZE[name]}, '
                      f'got {image_size}.')
   if weights and not tf.io.gfile.exists(weights):
     raise ValueError(f'--backbone_weights={weights!r} does not exist (nothing is downloaded: '

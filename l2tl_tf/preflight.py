@@ -107,7 +107,7 @@ def check_backbone(config: Config) -> None:
   name, size = config.model.backbone, config.data.image_size
   if name not in models.ENCODERS:
     raise ValueError(f'--backbone={name!r} is unknown: choose one of {sorted(models.ENCODERS)}.')
-  smallest = models._MIN_IMAGE_SIZE  # pylint: disable=protected-access
+  smallest = models.MIN_IMAGE_SIZE
   if size < smallest[name]:
     sizes = ', '.join(f'{backbone} {pixels}' for backbone, pixels in sorted(smallest.items()))
     raise ValueError(f'--backbone={name} cannot take --image_size={size}: it needs at least '

@@ -37,7 +37,7 @@ def conv_encoder(image_size, num_channels, weights):
 def register_encoder() -> None:
   """Adds ENCODER_NAME to the model registry of this process."""
   models.ENCODERS[ENCODER_NAME] = conv_encoder
-  models._MIN_IMAGE_SIZE[ENCODER_NAME] = 1  # pylint: disable=protected-access
+  models.MIN_IMAGE_SIZE[ENCODER_NAME] = 1
 
 
 def run_state(run: runs.Run) -> dict:

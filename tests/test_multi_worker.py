@@ -147,7 +147,7 @@ def conv_encoder():
   """The helper's BatchNorm-free encoder, registered in this process too."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setitem(models.ENCODERS, helper.ENCODER_NAME, helper.conv_encoder)
-    min_image_sizes = models._MIN_IMAGE_SIZE  # pylint: disable=protected-access
+    min_image_sizes = models.MIN_IMAGE_SIZE
     patch.setitem(min_image_sizes, helper.ENCODER_NAME, 1)
     yield
 

@@ -88,7 +88,7 @@ def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch, mirr
   top of each replica's candidates, which differs from the global top by design.
   """
   monkeypatch.setitem(models.ENCODERS, 'dense_test', _dense_encoder)
-  monkeypatch.setitem(models._MIN_IMAGE_SIZE, 'dense_test', 1)  # pylint: disable=protected-access
+  monkeypatch.setitem(models.MIN_IMAGE_SIZE, 'dense_test', 1)
   config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1,
                        model=ModelConfig(backbone='dense_test'))
   assert mirrored.num_replicas_in_sync == 2
@@ -120,7 +120,7 @@ def test_global_selection_on_two_replicas_equals_one_device(tiny_data, tmp_path,
                                                             mirrored):
   """--selection=global keeps what one device keeps; per-replica keeps something else."""
   monkeypatch.setitem(models.ENCODERS, 'dense_test', _dense_encoder)
-  monkeypatch.setitem(models._MIN_IMAGE_SIZE, 'dense_test', 1)  # pylint: disable=protected-access
+  monkeypatch.setitem(models.MIN_IMAGE_SIZE, 'dense_test', 1)
   config = tiny_config(tiny_data, tmp_path, selection='global',
                        model=ModelConfig(backbone='dense_test'))
   assert config.source_candidate_batch_size == 5 * config.source_batch_size
