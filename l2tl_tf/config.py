@@ -337,6 +337,9 @@ def validate(config: Config) -> None:
   _require(not on_tpu or config.source_decode == 'pipeline' or not config.selects_source,
            '--source_decode=after_select decodes inside the step, which a TPU cannot run '
            '(string ops): use --source_decode=pipeline on TPU.')
+  _require(not (config.jit_compile and config.deterministic),
+           '--jit_compile with --deterministic cannot run: XLA has no deterministic kernels '
+           'for some gradients (MaxPool among them). Drop one of the two.')
   _require(not config.jit_compile or config.strategy in ('default', 'one_device', 'tpu'),
            f'--jit_compile needs a single-replica strategy or TPU, not --strategy='
            f'{config.strategy} (XLA fails under MirroredStrategy on CPU devices).')

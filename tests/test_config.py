@@ -15,6 +15,7 @@ from l2tl_tf import config as config_lib
     (dict(selection='global', source_decode='pipeline'), 'needs --source_decode=after_select'),
     (dict(strategy='tpu', tpu='local'), 'use --source_decode=pipeline on TPU'),
     (dict(jit_compile=True, strategy='mirrored'), 'XLA fails under MirroredStrategy'),
+    (dict(jit_compile=True, deterministic=True), 'XLA has no deterministic kernels'),
 ])
 def test_speed_options_reject_combinations_that_cannot_run(tiny_data, tmp_path, overrides,
                                                            message):
