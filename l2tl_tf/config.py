@@ -127,6 +127,30 @@ class PolicyConfig:
   log_prob_reduction: str = 'sum'
   # 'accuracy' (top-1) or 'auc' (mean one-vs-rest AUC).
   reward_metric: str = 'accuracy'
+  # Credit for the lambda actions. 'reward' (paper): the step's scalar
+  # advantage times the joint log-prob. 'first_order': per-class advantages,
+  # each candidate scored by the first-order change of the target validation
+  # loss (h_T cross-entropy on the step's reward batch) that a step on it would
+  # make, standardised over the step's candidates (BUILD_NOTES.md, research).
+  # alpha_s keeps the paper's scalar reward either way.
+  lambda_credit: str = 'reward'
+  # first_order: the validation loss whose gradient scores candidates. 'ce':
+  # h_T cross-entropy on the reward batch. 'ncm': cross-entropy of a
+  # nearest-class-mean head (class means of the step's target batch, cosine
+  # logits times credit_ncm_scale), independent of h_T's current geometry.
+  credit_signal: str = 'ce'
+  credit_ncm_scale: float = 10.0
+  # first_order: a class's advantage is the 'mean' or 'sum' of its candidates'
+  # standardised scores this step (0 when it has none).
+  credit_aggregation: str = 'mean'
+  # first_order: 'reinforce' samples the score-function gradient with the
+  # per-class baseline E[lambda]; 'expected' takes its exact expectation
+  # over lambda's levels (the all-action policy gradient of the same objective).
+  credit_estimator: str = 'reinforce'
+  # first_order: optimizer ('adam' | 'sgd') and rate (0: --policy_learning_rate)
+  # for the lambda logits; alpha_s keeps Adam at --policy_learning_rate.
+  credit_optimizer: str = 'adam'
+  credit_learning_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,8 +245,13 @@ class Config:
 
   @property
   def decodes_after_select(self) -> bool:
-    """Whether source candidates reach the step encoded (see source_decode)."""
-    return self.selects_source and self.source_decode == 'after_select'
+    """Whether source candidates reach the step encoded (see source_decode).
+
+    Never with --lambda_credit=first_order: it scores every candidate, so
+    every candidate is decoded.
+    """
+    return (self.selects_source and self.source_decode == 'after_select'
+            and self.policy.lambda_credit != 'first_order')
 
   @property
   def reward_batch_size(self) -> int:
@@ -314,6 +343,15 @@ def validate(config: Config) -> None:
            f"--log_prob_reduction={policy.log_prob_reduction!r}: use 'sum' or 'mean'.")
   _require(policy.reward_metric in ('accuracy', 'auc'),
            f"--reward_metric={policy.reward_metric!r}: use 'accuracy' or 'auc'.")
+  for flag, value, choices in (('lambda_credit', policy.lambda_credit, ('reward', 'first_order')),
+                                ('credit_signal', policy.credit_signal, ('ce', 'ncm')),
+                                ('credit_aggregation', policy.credit_aggregation, ('mean', 'sum')),
+                                ('credit_estimator', policy.credit_estimator,
+                                 ('reinforce', 'expected')),
+                                ('credit_optimizer', policy.credit_optimizer, ('adam', 'sgd'))):
+    _require(value in choices, f'--{flag}={value!r}: use one of {", ".join(choices)}.')
+  _require(policy.credit_learning_rate >= 0.0,
+           f'--credit_learning_rate={policy.credit_learning_rate} must be >= 0.')
   _require(optimizer.source_weight_normalization in ('none', 'mean_one'),
            f'--source_weight_normalization={optimizer.source_weight_normalization!r}: '
            "use 'none' or 'mean_one'.")

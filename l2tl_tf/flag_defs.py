@@ -89,6 +89,22 @@ _FIELDS = {
     'log_prob_reduction': ('policy', 'log_prob_reduction',
                            'sum (joint log-prob) | mean (official: mean over source classes).'),
     'reward_metric': ('policy', 'reward_metric', 'accuracy | auc.'),
+    'lambda_credit': ('policy', 'lambda_credit',
+                      'reward (paper: scalar advantage, joint log-prob) | first_order '
+                      '(per-class advantages from each candidate\'s first-order effect on '
+                      'the validation loss, standardised within the step).'),
+    'credit_signal': ('policy', 'credit_signal',
+                      'first_order: ce (h_T cross-entropy on the reward batch) | ncm '
+                      '(nearest-class-mean head on the step\'s target batch).'),
+    'credit_ncm_scale': ('policy', 'credit_ncm_scale', 'first_order, ncm: cosine logit scale.'),
+    'credit_aggregation': ('policy', 'credit_aggregation',
+                           'first_order: mean | sum of a class\'s standardised scores.'),
+    'credit_estimator': ('policy', 'credit_estimator',
+                         'first_order: reinforce (sampled, baseline E[lambda]) | expected '
+                         '(exact expectation over lambda levels).'),
+    'credit_optimizer': ('policy', 'credit_optimizer', 'first_order: adam | sgd for lambda.'),
+    'credit_learning_rate': ('policy', 'credit_learning_rate',
+                             'first_order: rate for lambda (0: --policy_learning_rate).'),
     'learning_rate': ('optimizer', 'learning_rate', 'Peak SGD learning rate.'),
     'momentum': ('optimizer', 'momentum', 'SGD momentum (paper: 0.9).'),
     'nesterov': ('optimizer', 'nesterov', 'Nesterov momentum (the official code used it).'),

@@ -50,6 +50,12 @@ class Policy(tf.Module):
     self.baseline_weight = tf.Variable(0.0, trainable=False, name='baseline_weight')
     self.optimizer = keras.optimizers.Adam(config.learning_rate)
     self.optimizer.build([self.lambda_logits, self.alpha_logits])
+    self.per_class_credit = config.lambda_credit == 'first_order'
+    if self.per_class_credit:
+      rate = config.credit_learning_rate or config.learning_rate
+      self.lambda_optimizer = (keras.optimizers.SGD(rate) if config.credit_optimizer == 'sgd'
+                               else keras.optimizers.Adam(rate))
+      self.lambda_optimizer.build([self.lambda_logits])
 
   # ------------------------------------------------------------ values
 
@@ -142,6 +148,31 @@ class Policy(tf.Module):
     gradients = tape.gradient(loss, variables, unconnected_gradients='zero')
     self.optimizer.apply_gradients(zip(gradients, variables))
     return PolicyStats(reward, baseline, advantage, log_prob)
+
+  def update_per_class(self, actions: Actions, class_advantages: tf.Tensor,
+                       reward: tf.Tensor, learn_alpha: bool = True) -> PolicyStats:
+    """lambda from per-class advantages A_c, alpha_s from the scalar reward.
+
+    A_c values a unit of lambda(c) (the first-order credit of class c's
+    candidates), so the surrogate reward of class c's action is lambda(a_c) A_c.
+    'reinforce': ascend A_c (lambda(a_c) - E[lambda(c)]) grad log pi(a_c);
+    'expected': ascend A_c grad E[lambda(c)], the same gradient in expectation.
+    """
+    stats = self.update(actions, reward, learn_lambda=False, learn_alpha=learn_alpha)
+    advantages = tf.stop_gradient(tf.cast(class_advantages, tf.float32))
+    with tf.GradientTape() as tape:
+      expected = self.expected_lambda()
+      if self.config.credit_estimator == 'expected':
+        objective = tf.reduce_sum(advantages * expected)
+      else:
+        log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=actions.lambda_levels, logits=self.lambda_logits)
+        deviation = self.lambda_values(actions.lambda_levels) - tf.stop_gradient(expected)
+        objective = tf.reduce_sum(advantages * deviation * log_probs)
+      loss = -objective
+    gradient = tape.gradient(loss, self.lambda_logits)
+    self.lambda_optimizer.apply_gradients([(gradient, self.lambda_logits)])
+    return stats
 
   def _advance_baseline(self, reward: tf.Tensor) -> tf.Tensor:
     """Updates b and returns the baseline the advantage is taken against."""

@@ -81,6 +81,8 @@ class Trainer:
         nesterov=config.optimizer.nesterov)
     self.optimizer.build(model.trainable_variables)
     self._decayed = models.weight_decay_variables(model.trainable_variables)
+    self.per_class_credit = bool(policy is not None and policy.per_class_credit
+                                 and self.mode.learns_lambda)
     # A nested tf.function cannot hold the optimizer's cross-replica
     # all-reduce, so the model step is wrapped only for XLA, which
     # config.validate allows on single-replica strategies alone.
@@ -110,15 +112,24 @@ class Trainer:
       inputs['lambda'], inputs['alpha'] = self._loss_weights(actions)
     if self.mode.uses_target:
       inputs['target'] = next(iterators['target'])
+    reward_batch = None
+    if self.per_class_credit:
+      # One validation batch: its loss gradient scores the candidates before
+      # the update, its metric is the reward after it.
+      reward_batch = inputs['reward'] = next(iterators['reward'])
     per_replica = self.strategy.run(self.replica_train_step, args=(inputs,))
     metrics = {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                for name, value in per_replica.items()}
+    class_advantages = (self._class_advantages(metrics.pop('credit_sum'),
+                                               metrics.pop('credit_count'),
+                                               metrics.pop('credit_moments'))
+                        if self.per_class_credit else None)
     metrics['loss/total'] = (metrics['loss/source'] + metrics['loss/target']
                              + metrics['loss/weight_decay'])
     metrics['policy/alpha'] = inputs['alpha'] if 'alpha' in inputs else tf.constant(0.0)
     metrics['policy/mean_lambda_kept'] = tf.math.divide_no_nan(
         metrics.pop('kept_lambda_sum'), float(self.config.source_batch_size))
-    metrics.update(self._policy_metrics(actions, iterators))
+    metrics.update(self._policy_metrics(actions, iterators, reward_batch, class_advantages))
     metrics['learning_rate'] = tf.cast(self.optimizer.learning_rate, tf.float32)
     self.step.assign_add(1)
     return metrics
@@ -138,16 +149,37 @@ class Trainer:
     alpha = self.policy.alpha_values(actions.alpha_level) if actions else tf.constant(1.0)
     return lambdas, alpha
 
-  def _policy_metrics(self, actions: Optional[Actions], iterators: dict) -> dict:
+  def _policy_metrics(self, actions: Optional[Actions], iterators: dict,
+                      reward_batch=None, class_advantages=None) -> dict:
     """Reward on B_P validation examples, then REINFORCE where the mode learns."""
     zero = tf.constant(0.0)
     if actions is None:
       return {'policy/reward': zero, 'policy/baseline': zero, 'policy/advantage': zero}
-    reward = self.reward(next(iterators['reward']))
-    stats = self.policy.update(actions, reward, learn_lambda=self.mode.learns_lambda,
-                               learn_alpha=self.mode.learns_alpha)
+    reward = self.reward(next(iterators['reward']) if reward_batch is None else reward_batch)
+    if class_advantages is not None:
+      stats = self.policy.update_per_class(actions, class_advantages, reward,
+                                           learn_alpha=self.mode.learns_alpha)
+    else:
+      stats = self.policy.update(actions, reward, learn_lambda=self.mode.learns_lambda,
+                                 learn_alpha=self.mode.learns_alpha)
     return {'policy/reward': stats.reward, 'policy/baseline': stats.baseline,
             'policy/advantage': stats.advantage}
+
+  def _class_advantages(self, score_sum, count, moments) -> tf.Tensor:
+    """Per-class advantages from the step's candidate scores, standardised.
+
+    Scores are compared within the step: z = (u - mean) / std over all
+    candidates, so the drift of every score over training and its scale drop
+    out. A class's advantage is the mean (or sum) of its candidates' z; 0 when
+    it has no candidate this step.
+    """
+    total, total_sq, num = tf.unstack(moments)
+    mean = total / num
+    std = tf.sqrt(tf.maximum(total_sq / num - mean * mean, 1e-12))
+    z_sum = (score_sum - count * mean) / std
+    if self.config.policy.credit_aggregation == 'sum':
+      return z_sum
+    return tf.math.divide_no_nan(z_sum, count)
 
   def reward(self, batch) -> tf.Tensor:
     """R: top-1 accuracy or mean AUC of h_T(g(x)) over the global B_P batch."""
@@ -163,6 +195,8 @@ class Trainer:
 
   def replica_train_step(self, inputs: dict) -> dict:
     """Selection, decoding, then forward, backward and SGD on this replica's share."""
+    credit = (self._replica_credit(inputs['source'], inputs['reward'], inputs['target'])
+              if 'reward' in inputs else {})
     source, kept_lambda_sum = None, tf.constant(0.0)
     if 'source' in inputs:
       images, labels, weights = self._kept_source(inputs['source'], inputs['lambda'])
@@ -171,7 +205,7 @@ class Trainer:
           weights, self.config.optimizer.source_weight_normalization)
       source = (images, labels, weights * inputs['alpha'])
     losses = self._model_update(source, inputs.get('target'))
-    return {**losses, 'kept_lambda_sum': kept_lambda_sum}
+    return {**losses, 'kept_lambda_sum': kept_lambda_sum, **credit}
 
   def _kept_source(self, batch, lambda_per_class):
     """The B_S/R source examples this replica trains on, decoded, with their lambda.
@@ -232,6 +266,56 @@ class Trainer:
     gradients = tape.gradient(total, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
     return {'loss/source': source_loss, 'loss/target': target_loss, 'loss/weight_decay': decay}
+
+  def _replica_credit(self, source_batch, reward_batch, target_batch) -> dict:
+    """First-order value of every source candidate for the validation loss.
+
+    u_i = <grad_g L_S(x_i), grad_g L_val>: how much an SGD step on candidate i
+    alone would lower the validation loss (encoder g only, inference mode,
+    before this step's update). L_val is 'ce': the h_T cross-entropy of the
+    reward batch; or 'ncm': the cross-entropy of a nearest-class-mean head,
+    logits = scale * cos(g(x_val), class means of g(this step's target batch)),
+    which values the representation whatever h_T's current geometry. The
+    validation gradient is the mean over replicas; u_i comes from one
+    forward-mode pass over the candidates. Returns per-class sums and counts
+    and the moments of u, all summed across replicas by the caller.
+    """
+    variables = self.model.encoder.trainable_variables
+    images, labels = source_batch
+    val_images, val_labels = reward_batch
+    with tf.GradientTape() as tape:
+      if self.config.policy.credit_signal == 'ncm':
+        logits = self._ncm_logits(val_images, target_batch)
+      else:
+        logits = self.model.target_logits(val_images, training=False)
+      val_loss = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(val_labels, logits))
+    gradients = tape.gradient(val_loss, variables)
+    context = tf.distribute.get_replica_context()
+    if context is not None and self.strategy.num_replicas_in_sync > 1:
+      gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
+    with tf.autodiff.ForwardAccumulator([v.value for v in variables], gradients) as acc:
+      source_logits = self.model.source_logits(images, training=False)
+      per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, source_logits)
+    scores = acc.jvp(per_example)
+    num_classes = self.config.data.source_num_classes
+    return {'credit_sum': tf.math.unsorted_segment_sum(scores, labels, num_classes),
+            'credit_count': tf.math.unsorted_segment_sum(tf.ones_like(scores), labels,
+                                                         num_classes),
+            'credit_moments': tf.stack([tf.reduce_sum(scores),
+                                        tf.reduce_sum(scores * scores),
+                                        tf.cast(tf.size(scores), tf.float32)])}
+
+  def _ncm_logits(self, val_images, target_batch):
+    """Nearest-class-mean logits: scaled cosine to the target batch's class means."""
+    target_images, target_labels = target_batch
+    num_classes = self.config.data.target_num_classes
+    features = tf.math.l2_normalize(self.model.encoder(target_images, training=False), -1)
+    means = tf.math.l2_normalize(
+        tf.math.unsorted_segment_mean(features, target_labels, num_classes), -1)
+    val_features = tf.math.l2_normalize(self.model.encoder(val_images, training=False), -1)
+    return self.config.policy.credit_ncm_scale * tf.matmul(val_features, means,
+                                                           transpose_b=True)
 
   def _reward_forward(self, images):
     return self.model.target_logits(images, training=False)

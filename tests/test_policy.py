@@ -128,3 +128,20 @@ def test_update_without_lambda_learning_leaves_lambda_logits_alone():
     policy.update(actions, tf.constant(float(step)), learn_lambda=False)
   np.testing.assert_array_equal(policy.lambda_logits.numpy(), before)
   assert not np.allclose(policy.alpha_logits.numpy(), 0.0)
+
+
+@pytest.mark.parametrize('estimator', ['reinforce', 'expected'])
+def test_per_class_credit_raises_lambda_where_the_advantage_is_positive(estimator):
+  """First-order credit: class 0 has a positive advantage, class 1 a negative one."""
+  policy = make_policy(num_classes=3, lambda_credit='first_order', credit_estimator=estimator,
+                       credit_optimizer='sgd', credit_learning_rate=0.5)
+  update = tf.function(policy.update_per_class)
+  advantages = tf.constant([2.0, -2.0, 0.0])
+  alpha_before = policy.alpha_logits.numpy().copy()
+  for step in range(200):
+    actions = policy.sample(policy.step_seed(tf.constant(step, tf.int64)))
+    update(actions, advantages, tf.constant(float(step % 3)))
+  expected = policy.expected_lambda().numpy()
+  assert expected[0] > 0.8 and expected[1] < 0.2, expected
+  assert abs(expected[2] - 0.5) < 0.1 + (0.15 if estimator == 'reinforce' else 0.0), expected
+  assert not np.allclose(policy.alpha_logits.numpy(), alpha_before)  # alpha: scalar reward

@@ -194,3 +194,16 @@ def test_get_strategy_builds_each_local_strategy(mirrored):
 def test_get_strategy_errors_name_the_fix(name, tpu, message):
   with pytest.raises(ValueError, match=message):
     strategy_lib.get_strategy(name, tpu)
+
+
+@pytest.mark.parametrize('signal', ['ce', 'ncm'])
+def test_first_order_credit_runs_and_moves_only_candidate_classes(tiny_data, tmp_path, signal):
+  """lambda_credit=first_order: standardised per-class scores drive lambda (SGD)."""
+  config = tiny_config(tiny_data, tmp_path)
+  config = dataclasses.replace(config, policy=dataclasses.replace(
+      config.policy, lambda_credit='first_order', credit_signal=signal,
+      credit_estimator='expected', credit_optimizer='sgd', credit_learning_rate=0.1))
+  run, metrics, _ = _run_steps(config, tf.distribute.get_strategy(), 2)
+  assert np.isfinite(metrics['policy/reward'])
+  logits = run.policy.lambda_logits.numpy()
+  assert np.all(np.isfinite(logits)) and not np.allclose(logits, 0.0)
