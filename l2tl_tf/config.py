@@ -140,6 +140,9 @@ class PolicyConfig:
   # logits times credit_ncm_scale), independent of h_T's current geometry.
   credit_signal: str = 'ce'
   credit_ncm_scale: float = 10.0
+  # first_order: score with the gradient of the last N trainable encoder
+  # variables only (0: all). Cheaper forward-mode and validation passes.
+  credit_last_variables: int = 0
   # first_order: a class's advantage is the 'mean' or 'sum' of its candidates'
   # standardised scores this step (0 when it has none).
   credit_aggregation: str = 'mean'
@@ -350,6 +353,8 @@ def validate(config: Config) -> None:
                                  ('reinforce', 'expected')),
                                 ('credit_optimizer', policy.credit_optimizer, ('adam', 'sgd'))):
     _require(value in choices, f'--{flag}={value!r}: use one of {", ".join(choices)}.')
+  _require(policy.credit_last_variables >= 0,
+           f'--credit_last_variables={policy.credit_last_variables} must be >= 0.')
   _require(policy.credit_learning_rate >= 0.0,
            f'--credit_learning_rate={policy.credit_learning_rate} must be >= 0.')
   _require(optimizer.source_weight_normalization in ('none', 'mean_one'),

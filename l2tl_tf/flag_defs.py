@@ -97,6 +97,9 @@ _FIELDS = {
                       'first_order: ce (h_T cross-entropy on the reward batch) | ncm '
                       '(nearest-class-mean head on the step\'s target batch).'),
     'credit_ncm_scale': ('policy', 'credit_ncm_scale', 'first_order, ncm: cosine logit scale.'),
+    'credit_last_variables': ('policy', 'credit_last_variables',
+                              'first_order: score with the last N trainable encoder '
+                              'variables only (0: all).'),
     'credit_aggregation': ('policy', 'credit_aggregation',
                            'first_order: mean | sum of a class\'s standardised scores.'),
     'credit_estimator': ('policy', 'credit_estimator',

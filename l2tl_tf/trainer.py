@@ -271,8 +271,9 @@ class Trainer:
     """First-order value of every source candidate for the validation loss.
 
     u_i = <grad_g L_S(x_i), grad_g L_val>: how much an SGD step on candidate i
-    alone would lower the validation loss (encoder g only, inference mode,
-    before this step's update). L_val is 'ce': the h_T cross-entropy of the
+    alone would lower the validation loss (encoder g, or its last
+    --credit_last_variables variables; inference mode, before this step's
+    update). L_val is 'ce': the h_T cross-entropy of the
     reward batch; or 'ncm': the cross-entropy of a nearest-class-mean head,
     logits = scale * cos(g(x_val), class means of g(this step's target batch)),
     which values the representation whatever h_T's current geometry. The
@@ -281,6 +282,8 @@ class Trainer:
     and the moments of u, all summed across replicas by the caller.
     """
     variables = self.model.encoder.trainable_variables
+    if self.config.policy.credit_last_variables:
+      variables = variables[-self.config.policy.credit_last_variables:]
     images, labels = source_batch
     val_images, val_labels = reward_batch
     with tf.GradientTape() as tape:
