@@ -178,6 +178,7 @@ METHODS = {method.name: method for method in (
     Method('random', (Stage('random'),)),
     Method('oracle', (Stage('oracle', source='oracle'),), planted_only=True),
     Method('l2tl', (Stage('l2tl'),), ranks_sources=True),
+    Method('l2tl_ours', (Stage('l2tl_ours'),), ranks_sources=True),
 )}
 
 # Chosen on validation top-1 of digits split 0, seed 0, k = 10 (benchmarks/README.md).

@@ -91,7 +91,7 @@ def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
   # One pretraining shared by all methods; DATL trains twice.
   assert sorted(trained.model_dirs) == sorted(
       ['pretrain', 'scratch', 'finetune', 'datl_pretrain', 'datl', 'uniform', 'random',
-       'oracle', 'l2tl'])
+       'oracle', 'l2tl', 'l2tl_ours'])
 
   jobs = accuracy.jobs(bench.suite)
   assert [job.method for job in jobs] == list(accuracy.METHODS)
@@ -106,8 +106,8 @@ def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
     assert [step for step, _ in record['val_curve']] == [2, 4]
     assert record['val_top1'] == record['val_curve'][-1][1]
     assert record['seconds'] > 0
-    assert ('planted' in record) == (job.method == 'l2tl')
-  l2tl = accuracy.read_json(paths[-1])
+    assert ('planted' in record) == accuracy.METHODS[job.method].ranks_sources
+  l2tl = accuracy.read_json(paths[[job.method for job in jobs].index('l2tl')])
   assert [p['class_id'] for p in l2tl['planted']] == PLANTED_IDS
   assert len(l2tl['top_sources']) == accuracy.TOP_SOURCES
   assert l2tl['num_source_classes'] == 32

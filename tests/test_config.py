@@ -39,3 +39,7 @@ def test_decoding_after_selection_applies_only_when_the_step_selects(tiny_data, 
   assert not tiny_config(tiny_data, tmp_path, source_batch_multiplier=1).decodes_after_select
   assert not tiny_config(tiny_data, tmp_path, mode='uniform').decodes_after_select
   assert not tiny_config(tiny_data, tmp_path, mode='pretrain').decodes_after_select
+  scored = tiny_config(tiny_data, tmp_path)
+  scored = dataclasses.replace(scored, policy=dataclasses.replace(
+      scored.policy, lambda_credit='first_order'))
+  assert not scored.decodes_after_select  # every candidate is scored, so decoded
