@@ -1,6 +1,7 @@
 """The accuracy benchmark of issue 3: every method on every scenario, resumable.
 
   python benchmarks/accuracy.py --suite=quick        # < 20 min on 2 cores
+  python benchmarks/accuracy.py --suite=heldout      # digits-planted-heldout, k = 10
   python benchmarks/accuracy.py --suite=full         # see benchmarks/README.md
   python benchmarks/accuracy.py --suite=quick --methods=finetune,l2tl --scenarios=digits
 
@@ -193,6 +194,9 @@ _SCHEDULES = dict(pretrain=_PRETRAIN, transfer=_TRANSFER, scratch=_SCRATCH,
 SUITES = {
     'quick': Suite('quick', scenarios=('digits', 'digits-planted'), split_seeds=(0,), seeds=(0,),
                    ks=(10,), methods=tuple(METHODS), **_SCHEDULES),
+    # The sharper diagnostic of issue 3: planted classes left out of pretraining.
+    'heldout': Suite('heldout', scenarios=('digits-planted-heldout',), split_seeds=(0,),
+                     seeds=(0,), ks=(10,), methods=tuple(METHODS), **_SCHEDULES),
     'full': Suite('full', scenarios=tuple(bench_data.SCENARIOS), split_seeds=(0, 1),
                   seeds=(0, 1, 2), ks=(5, 10, 20), methods=tuple(METHODS), **_SCHEDULES),
 }
