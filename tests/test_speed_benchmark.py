@@ -33,14 +33,16 @@ def test_decode_counter_restores_the_decoder():
 
 
 def test_table_reports_the_issue_ratios():
-  ms = dict(finetune=10.0, l2tl=33.0, l2tl_decode_all=40.0, part_train=20.0, part_reward=12.0,
-            pipeline=11.0)
+  ms = dict(finetune=10.0, l2tl=33.0, l2tl_decode_all=40.0, l2tl_inputs_in_memory=32.5,
+            part_train=20.0, part_reward=12.0, pipeline=11.0)
   result = {'setup': dataclasses.asdict(speed.SETUPS['small_cnn']), 'ms': ms,
-            'l2tl_over_parts': 33.0 / 32.0, 'l2tl_over_finetune': 3.3,
+            'l2tl_over_parts': 33.0 / 32.0, 'l2tl_inputs_in_memory_over_parts': 32.5 / 32.0,
+            'l2tl_over_finetune': 3.3,
             'pipeline_over_l2tl_consumption': 3.0,
             'decodes': {'source_decoded_per_trained': 1.0, 'validation_images': 20,
                         'validation_decodes_over_three_passes': 20},
             'decodes_decode_all': {'source_decoded_per_trained': 5.0}}
   table = speed.format_table({'small_cnn': result})
-  assert '| small_cnn (B=64, 28 px) | 10.0 | 33.0 | 40.0 | 20.0 | 12.0 | 1.031 | 3.30 ' in table
+  assert ('| small_cnn (B=64, 28 px) | 10.0 | 33.0 | 40.0 | 32.5 | 20.0 | 12.0 | 1.031 (1.016) '
+          '| 3.30 ') in table
   assert '| 1.00 (5.00) | 20 of 20 | 3.0x |' in table
