@@ -217,17 +217,15 @@ class Trainer:
     kept = self.config.source_batch_size // self.strategy.num_replicas_in_sync
     labels = batch[1]
     weights = tf.gather(lambda_per_class, labels)
-    if len(batch) == 2:
-      images = batch[0]
-      if images.shape[0] != kept:
-        indices = select_top_weighted(weights, kept)
-        images, labels, weights = (tf.gather(images, indices), tf.gather(labels, indices),
-                                   tf.gather(weights, indices))
-      return images, labels, weights
-    encoded, _, seeds = batch
+    if labels.shape[0] == kept:  # no candidates beyond B_S: nothing to select
+      return batch[0], labels, weights
     indices = self._selected_indices(weights, kept)
-    images = input_pipeline.decode_and_augment(tf.gather(encoded, indices),
-                                               tf.gather(seeds, indices), self.config.data)
+    if len(batch) == 2:
+      images = tf.gather(batch[0], indices)
+    else:
+      encoded, _, seeds = batch
+      images = input_pipeline.decode_and_augment(
+          tf.gather(encoded, indices), tf.gather(seeds, indices), self.config.data)
     return images, tf.gather(labels, indices), tf.gather(weights, indices)
 
   def _selected_indices(self, weights: tf.Tensor, kept: int) -> tf.Tensor:
