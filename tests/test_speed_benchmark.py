@@ -46,3 +46,12 @@ def test_table_reports_the_issue_ratios():
   assert ('| small_cnn (B=64, 28 px) | 10.0 | 33.0 | 40.0 | 32.5 | 20.0 | 12.0 | 1.031 (1.016) '
           '| 3.30 ') in table
   assert '| 1.00 (5.00) | 20 of 20 | 3.0x |' in table
+
+
+def test_step_over_parts_is_paired_within_rounds():
+  # Round 2 ran under load: every timing doubled. Paired ratios are unmoved by
+  # it; the ratio of medians would mix rounds.
+  samples = {'l2tl': [105.0, 210.0, 104.0], 'part_train': [60.0, 120.0, 60.0],
+             'part_reward': [40.0, 80.0, 40.0]}
+  assert speed.per_round_ratios(samples, 'l2tl') == pytest.approx([1.05, 1.05, 1.04])
+  assert speed.paired_ratio(samples, 'l2tl') == pytest.approx(1.05)
