@@ -202,21 +202,31 @@ SUITES = {
 }
 
 
-def select(suite: Suite, scenarios: Sequence[str] = (), methods: Sequence[str] = ()) -> Suite:
-  """The suite restricted to some scenarios and methods (empty: keep all).
+def select(suite: Suite, scenarios: Sequence[str] = (), methods: Sequence[str] = (),
+           ks: Sequence[int] = (), seeds: Sequence[int] = (),
+           split_seeds: Sequence[int] = ()) -> Suite:
+  """The suite restricted to some of its scenarios, methods, k, seeds, splits.
+
+  Empty keeps all. A selection runs in the suite's own folders, so its runs
+  count towards (and are skipped by) a later run of the whole suite.
 
   Raises:
-    ValueError: naming an unknown scenario or method.
+    ValueError: naming something the suite does not hold.
   """
   for wanted, known, what in ((scenarios, bench_data.SCENARIOS, 'scenario'),
-                              (methods, METHODS, 'method')):
+                              (methods, METHODS, 'method'), (ks, suite.ks, 'k'),
+                              (seeds, suite.seeds, 'seed'),
+                              (split_seeds, suite.split_seeds, 'split seed')):
     unknown = sorted(set(wanted) - set(known))
     if unknown:
       raise ValueError(f'Unknown {what}s {unknown}: pick from {sorted(known)}.')
+
+  def keep(values, wanted):
+    return tuple(v for v in values if not wanted or v in wanted)
   return dataclasses.replace(
-      suite,
-      scenarios=tuple(s for s in suite.scenarios if not scenarios or s in scenarios),
-      methods=tuple(m for m in suite.methods if not methods or m in methods))
+      suite, scenarios=keep(suite.scenarios, scenarios), methods=keep(suite.methods, methods),
+      ks=keep(suite.ks, ks), seeds=keep(suite.seeds, seeds),
+      split_seeds=keep(suite.split_seeds, split_seeds))
 
 
 def is_planted(scenario: str) -> bool:
@@ -679,6 +689,9 @@ def _sheet_records(records: Sequence[dict]) -> list[dict]:
 flags.DEFINE_enum('suite', 'quick', list(SUITES), 'Which suite to run.')
 flags.DEFINE_list('methods', [], f'Only these methods (default: the suite\'s), of {list(METHODS)}.')
 flags.DEFINE_list('scenarios', [], 'Only these scenarios (default: the suite\'s).')
+flags.DEFINE_list('ks', [], 'Only these k (default: the suite\'s).')
+flags.DEFINE_list('seeds', [], 'Only these seeds (default: the suite\'s).')
+flags.DEFINE_list('split_seeds', [], 'Only these split seeds (default: the suite\'s).')
 flags.DEFINE_string('bench_dir', os.path.join(REPO_ROOT, 'bench_data'),
                     'Scenario data (built here when missing).')
 flags.DEFINE_string('runs_dir', os.path.join(REPO_ROOT, 'runs', 'bench'),
@@ -695,7 +708,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    suite = select(SUITES[FLAGS.suite], FLAGS.scenarios, FLAGS.methods)
+    suite = select(SUITES[FLAGS.suite], FLAGS.scenarios, FLAGS.methods,
+                   _ints('--ks', FLAGS.ks), _ints('--seeds', FLAGS.seeds),
+                   _ints('--split_seeds', FLAGS.split_seeds))
   except ValueError as error:
     raise app.UsageError(str(error)) from error
   paths = [os.path.abspath(p) for p in (FLAGS.bench_dir, FLAGS.runs_dir, FLAGS.results_dir)]
@@ -716,6 +731,13 @@ def main(argv):
   print(f'{len(records)} finished runs; this invocation took '
         f'{(time.time() - started) / 60:.1f} min. Wrote {reports["markdown"]} and its plots.',
         flush=True)
+
+
+def _ints(flag: str, values: Sequence[str]) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except ValueError as error:
+    raise ValueError(f'{flag} takes integers, got {list(values)}.') from error
 
 
 def _quiet_tensorflow():

@@ -166,6 +166,19 @@ def test_jobs_and_selection():
     accuracy.select(suite, methods=['l2tll'])
 
 
+def test_selection_by_k_seed_and_split_keeps_the_suite_order():
+  full = accuracy.SUITES['full']
+  chosen = accuracy.select(full, scenarios=['fashion'], ks=[20, 5], seeds=[1], split_seeds=[0])
+  assert (chosen.ks, chosen.seeds, chosen.split_seeds) == ((5, 20), (1,), (0,))
+  assert {(j.scenario, j.k, j.seed, j.split) for j in accuracy.jobs(chosen)} == {
+      ('fashion', 5, 1, 0), ('fashion', 20, 1, 0)}
+  assert chosen.name == 'full'  # same folders: a later full run skips these
+  for bad, match in (({'ks': [7]}, 'ks'), ({'seeds': [3]}, 'seeds'),
+                     ({'split_seeds': [2]}, 'split seeds')):
+    with pytest.raises(ValueError, match=match):
+      accuracy.select(full, **bad)
+
+
 @pytest.fixture(scope='module')
 def tiny_scenarios(raw, tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp('scenarios'))
