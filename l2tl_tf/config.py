@@ -101,6 +101,11 @@ class ModelConfig:
   backbone: str = 'inception_v3'
   # Local weights file for keras.applications backbones (nothing downloads).
   backbone_weights: str = ''
+  # Which training passes move the encoder's moving statistics (BatchNorm):
+  # 'all': the source and the target passes (the official code: both update);
+  # 'target': in joint modes only the target pass, so inference-mode h_T(g(x))
+  # (reward, evaluation, serving) normalises with target statistics.
+  bn_statistics: str = 'all'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +376,8 @@ def validate(config: Config) -> None:
            f'--source_decode={config.source_decode!r}: use one of {SOURCE_DECODES}.')
   _require(config.selection in SELECTIONS,
            f'--selection={config.selection!r}: use one of {SELECTIONS}.')
+  _require(config.model.bn_statistics in BN_STATISTICS,
+           f'--bn_statistics={config.model.bn_statistics!r}: use one of {BN_STATISTICS}.')
   _require(config.precision in PRECISIONS,
            f'--precision={config.precision!r}: use one of {PRECISIONS}.')
   _require(config.selection != 'global' or config.source_decode == 'after_select',
@@ -391,6 +398,7 @@ def validate(config: Config) -> None:
 SOURCE_DECODES = ('after_select', 'pipeline')
 SELECTIONS = ('per_replica', 'global')
 PRECISIONS = ('float32', 'mixed_bfloat16')
+BN_STATISTICS = ('all', 'target')
 
 
 def _require(condition: Any, message: str) -> None:

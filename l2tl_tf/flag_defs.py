@@ -75,6 +75,9 @@ _FIELDS = {
     'backbone': ('model', 'backbone', 'Encoder g: small_cnn | inception_v3 | resnet50 | densenet121.'),
     'backbone_weights': ('model', 'backbone_weights',
                          'Local keras.applications weights file (include_top=False).'),
+    'bn_statistics': ('model', 'bn_statistics',
+                      'all (official code: source and target passes move BatchNorm\'s moving '
+                      'statistics) | target (joint modes: only target passes do).'),
     'num_lambda_levels': ('policy', 'num_lambda_levels', 'n: lambda levels k/(n-1).'),
     'num_alpha_levels': ('policy', 'num_alpha_levels', "n': alpha_s levels (paper: 100)."),
     'alpha_beta': ('policy', 'alpha_beta', 'beta: alpha_s = beta*k/(n\'-1) (paper: 0.5).'),

@@ -252,7 +252,7 @@ class Trainer:
       source_loss = zero
       if source is not None:
         images, labels, weights = source
-        logits = self.model.source_logits(images, training=True)
+        logits = self._source_logits(images, target_too=target is not None)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         source_loss = tf.nn.compute_average_loss(
             per_example * weights, global_batch_size=self.config.source_batch_size)
@@ -264,6 +264,26 @@ class Trainer:
     gradients = tape.gradient(total, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
     return {'loss/source': source_loss, 'loss/target': target_loss, 'loss/weight_decay': decay}
+
+  def _source_logits(self, images, target_too: bool):
+    """h_S(g(x)) in training mode, leaving the moving statistics to the target.
+
+    With --bn_statistics=target in a joint step, the encoder's non-trainable
+    state (BatchNorm's moving mean and variance) is read before the source
+    pass and written back after it: the pass still normalises with its own
+    batch statistics, but only the target pass moves the averages that
+    inference (reward, evaluation, serving) uses. Program order fixes the
+    read -> update -> restore sequence (tf.function's automatic control
+    dependencies order the ops on each variable).
+    """
+    if not (target_too and self.config.model.bn_statistics == 'target'):
+      return self.model.source_logits(images, training=True)
+    state = self.model.encoder.non_trainable_variables
+    saved = [tf.identity(v.value) for v in state]
+    logits = self.model.source_logits(images, training=True)
+    for variable, value in zip(state, saved):
+      variable.assign(value)
+    return logits
 
   def _replica_credit(self, source_batch, reward_batch, target_batch) -> dict:
     """First-order value of every source candidate for the validation loss.

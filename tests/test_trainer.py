@@ -207,3 +207,52 @@ def test_first_order_credit_runs_and_moves_only_candidate_classes(tiny_data, tmp
   assert np.isfinite(metrics['policy/reward'])
   logits = run.policy.lambda_logits.numpy()
   assert np.all(np.isfinite(logits)) and not np.allclose(logits, 0.0)
+
+
+def _moving_statistics_after(config, strategy, source, target, step: bool) -> list:
+  """The encoder's moving statistics after one joint model step (or, with
+  step=False, after a lone training-mode target pass), from the same init."""
+  keras.utils.set_random_seed(0)
+  with strategy.scope():
+    run = runs.build(config, strategy)
+  if step:
+    strategy.run(tf.function(run.trainer._model_step), args=(source, target))  # pylint: disable=protected-access
+  else:
+    run.model.encoder(target[0], training=True)
+  state = run.model.encoder.non_trainable_variables
+  assert state, 'small_cnn has BatchNorm moving statistics'
+  return [strategy.experimental_local_results(v)[0].numpy() for v in state]
+
+
+@pytest.mark.parametrize('strategy_name', ['default', 'mirrored'])
+def test_target_bn_statistics_move_only_with_the_target_pass(tiny_data, tmp_path, mirrored,
+                                                             strategy_name):
+  strategy = mirrored if strategy_name == 'mirrored' else tf.distribute.get_strategy()
+  rng = np.random.default_rng(0)
+  # Source images far from the target's, so their statistics differ plainly.
+  source = (tf.constant(rng.random((4, 16, 16, 1)) * 0.2 + 0.8, tf.float32),
+            tf.constant([0, 1, 2, 0], tf.int32), tf.ones([4]))
+  target = (tf.constant(rng.random((4, 16, 16, 1)) * 0.2, tf.float32),
+            tf.constant([0, 1, 0, 1], tf.int32))
+  assert source[0].shape[1] == tiny_config(tiny_data, tmp_path).data.image_size
+  expected = _moving_statistics_after(tiny_config(tiny_data, tmp_path / 'lone'), strategy,
+                                      source, target, step=False)
+  for setting, matches in (('target', True), ('all', False)):
+    config = tiny_config(tiny_data, tmp_path / setting,
+                         model=ModelConfig(backbone='small_cnn', bn_statistics=setting))
+    got = _moving_statistics_after(config, strategy, source, target, step=True)
+    same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, expected))
+    assert same == matches, setting
+
+
+def test_target_bn_statistics_leave_pretraining_alone(tiny_data, tmp_path):
+  """Without a target pass, the source pass keeps moving the statistics."""
+  config = tiny_config(tiny_data, tmp_path, mode='pretrain',
+                       model=ModelConfig(backbone='small_cnn', bn_statistics='target'))
+  keras.utils.set_random_seed(0)
+  run = runs.build(config, tf.distribute.get_strategy())
+  before = [v.numpy().copy() for v in run.model.encoder.non_trainable_variables]
+  source = (tf.random.uniform([4, 16, 16, 1]), tf.constant([0, 1, 2, 0]), tf.ones([4]))
+  tf.function(run.trainer._model_step)(source, None)  # pylint: disable=protected-access
+  after = [v.numpy() for v in run.model.encoder.non_trainable_variables]
+  assert not all(np.array_equal(a, b) for a, b in zip(before, after))
