@@ -222,8 +222,79 @@ def resolved_crop(data: DataConfig) -> str:
   return 'inception' if data.image_size >= INCEPTION_MIN_SIZE else 'pad_crop'
 
 
+def _pad(size: int) -> int:
+  """Pad-and-crop's margin: an eighth of the side, as in CIFAR-style training."""
+  return max(size // 8, 1)
+
+
+def _draws(seeds: tf.Tensor, data: DataConfig):
+  """Each example's crop seed, crop offset and flip bit, from its stateless seed.
+
+  The single definition of an example's randomness, so augmenting one image
+  at a time (`preprocess_train`) and a batch at once (`augment_batch`) give
+  bit-identical images. The offset and flip follow the recipe of
+  `tf.image.stateless_random_crop` / `stateless_random_flip_left_right`, so
+  runs from before the batched path reproduce exactly.
+
+  Args:
+    seeds: int64 [B, 2].
+    data: data settings.
+
+  Returns:
+    (crop_seeds int64 [B, 2], offsets int32 [B, 2], flips bool [B]).
+  """
+  margin = 2 * _pad(data.image_size) + 1
+
+  def one(seed):
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    offset = tf.random.stateless_uniform([3], seed=crop_seed, dtype=tf.int32,
+                                         maxval=tf.int32.max)[:2] % margin
+    flip = tf.random.stateless_uniform([], seed=flip_seed, minval=0, maxval=1.0) < 0.5
+    return crop_seed, offset, flip
+  if seeds.shape[0] == 1:  # one image in a tf.data map: no loop
+    return tuple(draw[None] for draw in one(seeds[0]))
+  return tf.map_fn(one, seeds, fn_output_signature=(
+      tf.TensorSpec([2], tf.int64), tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)))
+
+
+def resize_for_training(image: tf.Tensor, data: DataConfig) -> tf.Tensor:
+  """The deterministic start of pad-and-crop and no-crop augmentation.
+
+  uint8 [H, W, C] -> float32 [image_size, image_size, C]. What comes after it
+  (`augment_batch`) is all of the randomness, so its output can be cached.
+  """
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  return tf.image.resize(image, [data.image_size, data.image_size])
+
+
+def augment_batch(images: tf.Tensor, seeds: tf.Tensor, data: DataConfig) -> tf.Tensor:
+  """Random pad-and-crop (unless --train_crop=none) and flip of resized images.
+
+  Batched: a handful of ops per batch rather than per image, which matters
+  on a small host where the input pipeline shares cores with the step.
+
+  Args:
+    images: float32 [B, image_size, image_size, C] from `resize_for_training`.
+    seeds: int64 [B, 2] stateless seeds, one per example.
+    data: data settings; `resolved_crop(data)` is 'pad_crop' or 'none'.
+
+  Returns:
+    float32 [B, image_size, image_size, C] in [0, 1].
+  """
+  size = data.image_size
+  _, offsets, flips = _draws(seeds, data)
+  if resolved_crop(data) == 'pad_crop':
+    pad = _pad(size)
+    images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    images = tf.gather(images, offsets[:, :1] + tf.range(size), axis=1, batch_dims=1)
+    images = tf.gather(images, offsets[:, 1:] + tf.range(size), axis=2, batch_dims=1)
+  if data.random_flip:
+    images = tf.where(flips[:, None, None, None], tf.reverse(images, [2]), images)
+  return tf.clip_by_value(images, 0.0, 1.0)
+
+
 def preprocess_train(image: tf.Tensor, seed: tf.Tensor, data: DataConfig) -> tf.Tensor:
-  """Random crop (Inception-style or pad-and-crop) and optional flip.
+  """Random crop (Inception-style or pad-and-crop) and optional flip of one image.
 
   Args:
     image: uint8 [H, W, C].
@@ -233,26 +304,17 @@ def preprocess_train(image: tf.Tensor, seed: tf.Tensor, data: DataConfig) -> tf.
   Returns:
     float32 [image_size, image_size, C] in [0, 1].
   """
-  size = data.image_size
-  crop = resolved_crop(data)
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  if resolved_crop(data) != 'inception':
+    return augment_batch(resize_for_training(image, data)[None], seed[None], data)[0]
+  crop_seed, _, flip = _draws(seed[None], data)
   image = tf.image.convert_image_dtype(image, tf.float32)
-  if crop == 'inception':
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=crop_seed, min_object_covered=0.1, aspect_ratio_range=(0.75, 1.33),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, crop_size)
-    image = tf.image.resize(image, [size, size])
-  elif crop == 'pad_crop':
-    image = tf.image.resize(image, [size, size])
-    pad = max(size // 8, 1)
-    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    image = tf.image.stateless_random_crop(image, [size, size, data.num_channels], crop_seed)
-  else:
-    image = tf.image.resize(image, [size, size])
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=crop_seed[0], min_object_covered=0.1, aspect_ratio_range=(0.75, 1.33),
+      area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+  image = tf.image.resize(tf.slice(image, begin, crop_size), [data.image_size] * 2)
   if data.random_flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = tf.cond(flip[0], lambda: tf.reverse(image, [1]), lambda: image)
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -427,10 +489,14 @@ def decode_and_augment(encoded: tf.Tensor, seeds: tf.Tensor, data: DataConfig) -
     float32 [B, image_size, image_size, num_channels].
   """
   size, channels = data.image_size, data.num_channels
-  return tf.map_fn(
-      lambda args: preprocess_train(decode_image(args[0], channels), args[1], data),
-      (encoded, seeds), parallel_iterations=16,
-      fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+  spec = tf.TensorSpec([size, size, channels], tf.float32)
+  if resolved_crop(data) == 'inception':
+    return tf.map_fn(
+        lambda args: preprocess_train(decode_image(args[0], channels), args[1], data),
+        (encoded, seeds), parallel_iterations=16, fn_output_signature=spec)
+  resized = tf.map_fn(lambda e: resize_for_training(decode_image(e, channels), data),
+                      encoded, parallel_iterations=16, fn_output_signature=spec)
+  return augment_batch(resized, seeds, data)
 
 
 def source_dataset(config: Config, input_context=None, start_step: int = 0) -> tf.data.Dataset:
@@ -499,19 +565,63 @@ def target_train_dataset(config: Config, subsets: TargetSubsets,
                          input_context=None, start_step: int = 0) -> tf.data.Dataset:
   """The target-train stream: B_T examples of the k-shot subset per step.
 
-  The subset is small, so its encoded bytes are cached in memory and every
-  input pipeline shards it by position.
+  The subset is small and every input pipeline shards it by position. When
+  its resized images fit in `TARGET_IN_MEMORY_BYTES` and the crop is not
+  Inception's, they are decoded once and each batch is gathered and augmented
+  in a few ops (`_resized_target_batches`); otherwise the encoded bytes are
+  cached and each image is decoded and augmented on its own. Both give the
+  same batches.
   """
   data = config.data
   seed = _pipeline_seed(config.seed, 2, input_context)
   batch = _per_replica_batch(config.target_batch_size, input_context, 'target')
   dataset = _take_positions(raw_dataset(data.target_train, data, data.target_label_offset),
                             subsets.train_indices, subsets.num_examples)
+  pipelines, pipeline_id = 1, 0
   if input_context and input_context.num_input_pipelines > 1:
-    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  dataset = dataset.cache().repeat().shuffle(
-      max(len(subsets.train_indices), 1), seed=seed)
+    pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+    dataset = dataset.shard(pipelines, pipeline_id)
+  buffer = max(len(subsets.train_indices), 1)
+  shard_size = len(range(pipeline_id, len(subsets.train_indices), pipelines))
+  if shard_size and _resized_target_fits(config, len(subsets.train_indices)):
+    return _resized_target_batches(dataset, shard_size, buffer, data, seed, batch, start_step)
+  dataset = dataset.cache().repeat().shuffle(buffer, seed=seed)
   return _augment_and_batch(dataset, data, seed, batch, start_step)
+
+
+# The most memory the target-train subset's resized float32 images may take
+# before its stream falls back to decoding each image every time it is drawn.
+TARGET_IN_MEMORY_BYTES = 1 << 30
+
+
+def _resized_target_fits(config: Config, num_examples: int) -> bool:
+  data = config.data
+  size = num_examples * data.image_size**2 * data.num_channels * 4
+  return resolved_crop(data) != 'inception' and size <= TARGET_IN_MEMORY_BYTES
+
+
+def _resized_target_batches(dataset, num_examples, buffer, data, seed, batch, start_step):
+  """The target stream from one in-memory tensor of resized images.
+
+  A shuffle's order depends only on its seed, buffer and element count, so
+  shuffling positions 0..n-1 draws the same examples as shuffling the
+  examples themselves, and seeds drawn 2 * batch at a time are the same pairs
+  `_with_seeds` makes one at a time: the batches equal `_augment_and_batch`'s
+  (tested) for a fraction of its per-step CPU.
+  """
+  table = dataset.map(lambda image, label: (
+      resize_for_training(decode_image(image, data.num_channels), data), label))
+  table = table.batch(num_examples).cache().repeat()
+  positions = tf.data.Dataset.range(num_examples).repeat().shuffle(buffer, seed=seed)
+  positions = positions.skip(start_step * batch).batch(batch, drop_remainder=True)
+  seeds = tf.data.Dataset.random(seed=seed).skip(2 * start_step * batch).batch(2 * batch)
+
+  def gather(examples, chosen, seed_values):
+    images, labels = examples
+    return (augment_batch(tf.gather(images, chosen), tf.reshape(seed_values, [batch, 2]), data),
+            tf.gather(labels, chosen))
+  dataset = tf.data.Dataset.zip(table, positions, seeds).map(gather, num_parallel_calls=AUTOTUNE)
+  return dataset.prefetch(AUTOTUNE)
 
 
 def reward_examples(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:

@@ -57,6 +57,24 @@ def test_train_preprocessing_shapes_range_and_determinism(crop):
   np.testing.assert_array_equal(first, input_pipeline.preprocess_train(image, seed, data))
 
 
+@pytest.mark.parametrize('crop, flip', [('pad_crop', True), ('pad_crop', False), ('none', True)])
+def test_train_augmentation_follows_tf_image_random_crop_and_flip(crop, flip):
+  """Runs made when the per-image path called tf.image's ops reproduce exactly."""
+  data = DataConfig(image_size=12, num_channels=3, train_crop=crop, random_flip=flip)
+  image = tf.constant(np.random.default_rng(0).integers(0, 255, (20, 30, 3)), tf.uint8)
+  for seed in ([1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]):
+    seed = tf.constant(seed, tf.int64)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    expected = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), [12, 12])
+    if crop == 'pad_crop':
+      expected = tf.image.stateless_random_crop(
+          tf.pad(expected, [[1, 1], [1, 1], [0, 0]]), [12, 12, 3], crop_seed)
+    if flip:
+      expected = tf.image.stateless_random_flip_left_right(expected, flip_seed)
+    np.testing.assert_array_equal(input_pipeline.preprocess_train(image, seed, data),
+                                  tf.clip_by_value(expected, 0.0, 1.0))
+
+
 def test_auto_crop_picks_inception_only_for_large_images():
   assert input_pipeline.resolved_crop(DataConfig(image_size=299)) == 'inception'
   assert input_pipeline.resolved_crop(DataConfig(image_size=28)) == 'pad_crop'
@@ -119,6 +137,35 @@ def test_decoding_after_selection_gives_the_pipeline_images(tiny_data, tmp_path)
                                              tf.gather(seeds, chosen), config.data)
   np.testing.assert_array_equal(images, tf.gather(decoded, chosen))
   np.testing.assert_array_equal(tf.gather(labels, chosen), tf.gather(decoded_labels, chosen))
+
+
+@pytest.mark.parametrize('pipelines', [1, 2])
+def test_in_memory_target_stream_equals_decoding_each_image(tiny_data, tmp_path, monkeypatch,
+                                                            pipelines):
+  """Gathering from the resized subset gives the batches per-image decoding gives."""
+  config = tiny_config(tiny_data, tmp_path)
+  subsets = input_pipeline.target_subsets(config)
+  context = tf.distribute.InputContext(num_input_pipelines=pipelines,
+                                       input_pipeline_id=pipelines - 1,
+                                       num_replicas_in_sync=pipelines)
+
+  def batches():
+    return list(input_pipeline.target_train_dataset(config, subsets, context,
+                                                    start_step=3).take(6))
+  assert input_pipeline._resized_target_fits(config, len(subsets.train_indices))
+  in_memory = batches()
+  monkeypatch.setattr(input_pipeline, 'TARGET_IN_MEMORY_BYTES', 0)
+  assert not input_pipeline._resized_target_fits(config, len(subsets.train_indices))
+  for (images, labels), (decoded, decoded_labels) in zip(in_memory, batches(), strict=True):
+    np.testing.assert_array_equal(images, decoded)
+    np.testing.assert_array_equal(labels, decoded_labels)
+
+
+def test_inception_crops_keep_decoding_each_target_image(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path)
+  inception = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                   train_crop='inception'))
+  assert not input_pipeline._resized_target_fits(inception, 10)
 
 
 def test_global_selection_streams_repeat_the_global_candidates(tiny_data, tmp_path):
