@@ -161,6 +161,20 @@ def test_in_memory_target_stream_equals_decoding_each_image(tiny_data, tmp_path,
     np.testing.assert_array_equal(labels, decoded_labels)
 
 
+def test_parallel_reads_keep_the_record_order(tiny_data, tmp_path, monkeypatch):
+  """Remote files are read in parallel, local ones in sequence: same stream."""
+  config = tiny_config(tiny_data, tmp_path)
+  assert not input_pipeline._reads_in_parallel(['/data/train-0', 'relative/train-1'])
+  assert input_pipeline._reads_in_parallel(['gs://bucket/train-0'])
+
+  def candidates():
+    return [batch[0].numpy() for batch in input_pipeline.source_dataset(config).take(3)]
+  sequential = candidates()
+  monkeypatch.setattr(input_pipeline, '_reads_in_parallel', lambda files: True)
+  for serial, parallel in zip(sequential, candidates(), strict=True):
+    np.testing.assert_array_equal(serial, parallel)
+
+
 def test_inception_crops_keep_decoding_each_target_image(tiny_data, tmp_path):
   config = tiny_config(tiny_data, tmp_path)
   inception = dataclasses.replace(config, data=dataclasses.replace(config.data,
