@@ -159,6 +159,13 @@ class PolicyConfig:
   # for the lambda logits; alpha_s keeps Adam at --policy_learning_rate.
   credit_optimizer: str = 'adam'
   credit_learning_rate: float = 0.0
+  # Where lambda's logits start. 'none' (paper): uniform. 'feature_similarity':
+  # logit_k = -strength * (lambda_k - w_c)^2, w_c the cosine of source class
+  # c's mean pretrained feature with the nearest target class mean, scaled to
+  # [0, 1] (lambda_prior.py); over --lambda_prior_examples source examples.
+  lambda_prior: str = 'none'
+  lambda_prior_strength: float = 20.0
+  lambda_prior_examples: int = 50_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,6 +365,19 @@ def validate(config: Config) -> None:
                                  ('reinforce', 'expected')),
                                 ('credit_optimizer', policy.credit_optimizer, ('adam', 'sgd'))):
     _require(value in choices, f'--{flag}={value!r}: use one of {", ".join(choices)}.')
+  _require(policy.lambda_prior in ('none', 'feature_similarity'),
+           f"--lambda_prior={policy.lambda_prior!r}: use 'none' or 'feature_similarity'.")
+  if policy.lambda_prior != 'none':
+    _require(config.mode.learns_lambda,
+             f'--lambda_prior starts the learned lambda policy: --mode=l2tl, not '
+             f'{config.mode.value}.')
+    _require(config.warm_start_from,
+             '--lambda_prior=feature_similarity compares pretrained features: it needs '
+             '--warm_start_from (a pretrain run dir or checkpoint).')
+    _require(policy.lambda_prior_strength >= 0,
+             f'--lambda_prior_strength={policy.lambda_prior_strength} must be >= 0.')
+    _require(policy.lambda_prior_examples >= 1,
+             f'--lambda_prior_examples={policy.lambda_prior_examples} must be >= 1.')
   _require(policy.credit_last_variables >= 0,
            f'--credit_last_variables={policy.credit_last_variables} must be >= 0.')
   _require(policy.credit_learning_rate >= 0.0,

@@ -111,6 +111,13 @@ _FIELDS = {
     'credit_optimizer': ('policy', 'credit_optimizer', 'first_order: adam | sgd for lambda.'),
     'credit_learning_rate': ('policy', 'credit_learning_rate',
                              'first_order: rate for lambda (0: --policy_learning_rate).'),
+    'lambda_prior': ('policy', 'lambda_prior',
+                     'none (paper: lambda logits start uniform) | feature_similarity (start '
+                     'near each source class\'s pretrained-feature similarity to the target).'),
+    'lambda_prior_strength': ('policy', 'lambda_prior_strength',
+                              'feature_similarity: logit_k = -strength * (lambda_k - w)^2.'),
+    'lambda_prior_examples': ('policy', 'lambda_prior_examples',
+                              'feature_similarity: source examples whose features are averaged.'),
     'learning_rate': ('optimizer', 'learning_rate', 'Peak SGD learning rate.'),
     'momentum': ('optimizer', 'momentum', 'SGD momentum (paper: 0.9).'),
     'nesterov': ('optimizer', 'nesterov', 'Nesterov momentum (the official code used it).'),

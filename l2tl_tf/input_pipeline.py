@@ -654,10 +654,11 @@ def reward_examples(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:
   else:
     dataset = _take_positions(raw_dataset(data.target_train, data, data.target_label_offset),
                               subsets.val_indices, subsets.num_examples)
-  return _eval_preprocessed(dataset, data)
+  return eval_preprocessed(dataset, data)
 
 
-def _eval_preprocessed(dataset: tf.data.Dataset, data: DataConfig) -> tf.data.Dataset:
+def eval_preprocessed(dataset: tf.data.Dataset, data: DataConfig) -> tf.data.Dataset:
+  """(encoded, label) -> (image, label) with evaluation preprocessing, unbatched."""
   return dataset.map(lambda image, label: (
       preprocess_eval(decode_image(image, data.num_channels), data), label),
                      num_parallel_calls=AUTOTUNE)
@@ -690,13 +691,13 @@ def eval_dataset(config: Config, split: str) -> tf.data.Dataset:
   if split == 'test':
     if not data.target_test:
       raise ValueError('Evaluating split=test needs --target_test.')
-    dataset = _eval_preprocessed(
+    dataset = eval_preprocessed(
         raw_dataset(data.target_test, data, data.target_label_offset), data)
   elif split == 'val':
     dataset = reward_examples(config, target_subsets(config))
   elif split == 'train':
     subsets = target_subsets(config)
-    dataset = _eval_preprocessed(_take_positions(
+    dataset = eval_preprocessed(_take_positions(
         raw_dataset(data.target_train, data, data.target_label_offset),
         subsets.train_indices, subsets.num_examples), data)
   else:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2tl_tf import config as config_lib
-from l2tl_tf import evaluation, input_pipeline, preflight, ranking, runs
+from l2tl_tf import evaluation, input_pipeline, lambda_prior, preflight, ranking, runs
 from l2tl_tf.config import Config
 from l2tl_tf.strategy import get_strategy, is_chief, summary_writer
 
@@ -63,7 +63,7 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   # command initialises the same weights.
   keras.utils.set_random_seed(config.seed)
   run = runs.build(config, strategy, fixed_lambda)
-  _initialise(run, log)
+  _initialise(run, class_names, log)
   iterators = _iterators(config, strategy, subsets, int(run.trainer.step.numpy()))
   writer = summary_writer(config.model_dir, strategy)
   validate_on = _validation_evaluator(config, run, subsets)
@@ -179,13 +179,27 @@ class PreemptionSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _initialise(run: runs.Run, log) -> None:
-  """Resumes the run's own checkpoint, else warm-starts, else starts fresh."""
+def _initialise(run: runs.Run, class_names, log) -> None:
+  """Resumes the run's own checkpoint, else warm-starts (and starts lambda's prior)."""
   if runs.restore_latest(run):
     log(f'Resuming {run.config.model_dir} from step {int(run.trainer.step.numpy())}.')
   elif run.config.warm_start_from:
     prefix = runs.warm_start(run, run.config.warm_start_from)
     log(f'Warm-started from {prefix}.')
+    _start_lambda_prior(run, class_names, log)
+
+
+def _start_lambda_prior(run: runs.Run, class_names, log) -> None:
+  """Sets the policy's starting logits from --lambda_prior (fresh runs only)."""
+  started = time.time()
+  weights = lambda_prior.lambda_prior(run.model.encoder, run.config)
+  if weights is None:
+    return
+  run.policy.set_lambda_prior(weights, run.config.policy.lambda_prior_strength)
+  if is_chief(run.strategy):
+    path = lambda_prior.write_prior(weights, class_names, run.config.model_dir)
+    log(f'Lambda prior ({run.config.policy.lambda_prior}) in {time.time() - started:.0f} s: '
+        f'{path}.')
 
 
 def _validation_evaluator(config: Config, run: runs.Run, subsets):

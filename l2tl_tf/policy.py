@@ -57,6 +57,16 @@ class Policy(tf.Module):
                                else keras.optimizers.Adam(rate))
       self.lambda_optimizer.build([self.lambda_logits])
 
+  def set_lambda_prior(self, weights, strength: float) -> None:
+    """Starts class c's categorical near lambda = weights[c].
+
+    logit_k = -strength * (lambda_k - w_c)^2: expected lambda rises with w_c,
+    strength 0 is the paper's uniform start (lambda_prior.py says why).
+    """
+    levels = self.lambda_values(tf.range(self.config.num_lambda_levels))
+    weights = tf.convert_to_tensor(weights, tf.float32)[:, None]
+    self.lambda_logits.assign(-float(strength) * tf.square(levels[None, :] - weights))
+
   # ------------------------------------------------------------ values
 
   def lambda_values(self, levels: tf.Tensor) -> tf.Tensor:

@@ -33,9 +33,10 @@ def rank_source_classes(policy: Policy, class_names: list[str], num_samples: int
   return [RankedClass(int(i), class_names[i], float(means[i]), float(stds[i])) for i in order]
 
 
-def write_source_class_weights(ranked: list[RankedClass], model_dir: str) -> str:
+def write_source_class_weights(ranked: list[RankedClass], model_dir: str,
+                               filename: str = WEIGHTS_FILE) -> str:
   os.makedirs(model_dir, exist_ok=True)
-  path = os.path.join(model_dir, WEIGHTS_FILE)
+  path = os.path.join(model_dir, filename)
   with open(path, 'w', newline='', encoding='utf-8') as f:
     writer = csv.writer(f)
     writer.writerow(CSV_COLUMNS)
