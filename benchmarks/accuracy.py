@@ -31,7 +31,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from absl import app, flags
 import numpy as np
 
-from l2tl_tf import bench_data, datl, evaluation, flag_defs, input_pipeline, loop, ranking, runs
+from l2tl_tf import (bench_data, datl, evaluation, flag_defs, input_pipeline, lambda_prior, loop,
+                     ranking, runs)
 from l2tl_tf.config import Config, DataConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -398,7 +399,18 @@ def make_record(job: Job, result: loop.TrainResult, test_top1: float, seconds: f
             'seconds': seconds, 'train_seconds': result.seconds}
   if ranks_sources and result.ranked_classes:
     record.update(source_ranking(result.ranked_classes, scenario['planted_class_ids']))
+    record.update(prior_ranking(result.model_dir, scenario['planted_class_ids']))
   return record
+
+
+def prior_ranking(model_dir: str, planted_ids: Sequence[int]) -> dict:
+  """Where --lambda_prior alone put the planted classes, to set against the learned ranks."""
+  if not planted_ids or not os.path.exists(os.path.join(model_dir, lambda_prior.PRIOR_FILE)):
+    return {}
+  ranks = planted_ranks(ranking.read_source_class_weights(model_dir, lambda_prior.PRIOR_FILE),
+                        planted_ids)
+  return {'prior_planted_ranks': ranks,
+          'prior_planted_in_top20': sum(r <= TOP_SOURCES for r in ranks)}
 
 
 def planted_ranks(ranked: Sequence[ranking.RankedClass], planted_ids: Sequence[int]) -> list[int]:
@@ -481,6 +493,7 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
     if planted:
       row['planted_in_top20'] = [r['planted_in_top20'] for r in planted]
       row['median_planted_rank'] = [r['median_planted_rank'] for r in planted]
+      row['prior_planted_in_top20'] = [r.get('prior_planted_in_top20') for r in planted]
     rows.append(row)
   return rows
 
@@ -519,11 +532,14 @@ def markdown(suite: Suite, rows: Sequence[dict], seconds: float,
     lines += ['', f'## Planted classes ranked by expected lambda (10 planted among all source '
                   'classes)', '',
               f'| scenario | k | method | planted in top {TOP_SOURCES} (mean; min) | '
-              'median planted rank (mean) |', '|---|---|---|---|---|']
+              f'median planted rank (mean) | the lambda prior alone: in top {TOP_SOURCES} |',
+              '|---|---|---|---|---|---|']
     for r in ranked:
+      prior = [n for n in r.get('prior_planted_in_top20', []) if n is not None]
       lines.append(f'| {r["scenario"]} | {r["k"]} | {r["method"]} | '
                    f'{np.mean(r["planted_in_top20"]):.1f}; {min(r["planted_in_top20"])} | '
-                   f'{np.mean(r["median_planted_rank"]):.0f} |')
+                   f'{np.mean(r["median_planted_rank"]):.0f} | '
+                   f'{f"{np.mean(prior):.1f}; {min(prior)}" if prior else "-"} |')
   for record in rankings:
     lines += ['', f'## Top {len(record["top_sources"])} source classes by expected lambda: '
                   f'{record["method"]}, {record["scenario"]} split {record["split"]} seed '

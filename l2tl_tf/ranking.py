@@ -45,8 +45,8 @@ def write_source_class_weights(ranked: list[RankedClass], model_dir: str,
   return path
 
 
-def read_source_class_weights(model_dir: str) -> list[RankedClass]:
-  with open(os.path.join(model_dir, WEIGHTS_FILE), newline='', encoding='utf-8') as f:
+def read_source_class_weights(model_dir: str, filename: str = WEIGHTS_FILE) -> list[RankedClass]:
+  with open(os.path.join(model_dir, filename), newline='', encoding='utf-8') as f:
     return [RankedClass(int(r['source_class_id']), r['name'], float(r['expected_lambda']),
                         float(r['std'])) for r in csv.DictReader(f)]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import load_benchmark
-from l2tl_tf import bench_data, ranking
+from l2tl_tf import bench_data, lambda_prior, ranking
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OPTIONS = bench_data.BuildOptions(pool_per_class=4, val_per_class=3, source_shards=2)
@@ -154,6 +154,16 @@ def test_planted_ranks():
   assert 'planted' not in accuracy.source_ranking(ranked, [])
   with pytest.raises(ValueError, match='not in the ranking'):
     accuracy.planted_ranks(ranked, [3])
+
+
+def test_prior_ranking_reads_where_the_lambda_prior_put_the_planted_classes(tmp_path):
+  assert accuracy.prior_ranking(str(tmp_path), [7, 5]) == {}
+  ranked = [ranking.RankedClass(i, f'c{i}', 1.0 - 0.01 * r, 0.0)
+            for r, i in enumerate([5, 2, 7] + list(range(8, 40)))]
+  ranking.write_source_class_weights(ranked, str(tmp_path), lambda_prior.PRIOR_FILE)
+  prior = accuracy.prior_ranking(str(tmp_path), [7, 5, 30])
+  assert prior == {'prior_planted_ranks': [3, 1, 26], 'prior_planted_in_top20': 2}
+  assert accuracy.prior_ranking(str(tmp_path), []) == {}
 
 
 def test_jobs_and_selection():
