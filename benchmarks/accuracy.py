@@ -288,9 +288,32 @@ def _warm_start_dir(bench: Bench, job: Job, warm_start: str) -> str:
 
 
 def fingerprint(configs: Sequence[Config]) -> str:
-  """Identifies what a result was computed from: every config in its chain."""
-  text = json.dumps([c.to_dict() for c in configs], sort_keys=True)
+  """Identifies what a result was computed from: every config in its chain.
+
+  Only settings that differ from their defaults count, so adding a flag whose
+  default keeps the old behaviour leaves finished results valid.
+  """
+  return settings_fingerprint([config.to_dict() for config in configs])
+
+
+def settings_fingerprint(config_dicts: Sequence[dict]) -> str:
+  """`fingerprint` of configs stored as `Config.to_dict()` output (as in records)."""
+  defaults = Config().to_dict()
+  text = json.dumps([_non_default(values, defaults) for values in config_dicts], sort_keys=True)
   return hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
+
+
+def _non_default(values: dict, defaults: dict) -> dict:
+  """The entries of a config dict that differ from the defaults, section by section."""
+  kept = {}
+  for key, value in values.items():
+    default = defaults.get(key)
+    if isinstance(value, dict) and isinstance(default, dict):
+      if nested := _non_default(value, default):
+        kept[key] = nested
+    elif key not in defaults or value != default:
+      kept[key] = value
+  return kept
 
 
 # ---------------------------------------------------------------- running

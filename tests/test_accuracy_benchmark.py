@@ -16,6 +16,7 @@ import pytest
 
 from conftest import load_benchmark
 from l2tl_tf import bench_data, lambda_prior, ranking
+from l2tl_tf.config import Config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OPTIONS = bench_data.BuildOptions(pool_per_class=4, val_per_class=3, source_shards=2)
@@ -164,6 +165,20 @@ def test_prior_ranking_reads_where_the_lambda_prior_put_the_planted_classes(tmp_
   prior = accuracy.prior_ranking(str(tmp_path), [7, 5, 30])
   assert prior == {'prior_planted_ranks': [3, 1, 26], 'prior_planted_in_top20': 2}
   assert accuracy.prior_ranking(str(tmp_path), []) == {}
+
+
+def test_fingerprints_count_only_settings_away_from_their_defaults():
+  """A new flag at its default leaves results valid; any changed setting does not."""
+  config = Config(model_dir='/runs/a', train_steps=7)
+  values = config.to_dict()
+  stored = json.loads(json.dumps(values))
+  del stored['policy']['lambda_prior'], stored['jit_compile']  # not there when it ran
+  assert accuracy.settings_fingerprint([stored]) == accuracy.fingerprint([config])
+  for changed in (dataclasses.replace(config, train_steps=8),
+                  dataclasses.replace(config, policy=dataclasses.replace(
+                      config.policy, lambda_prior='feature_similarity'))):
+    assert accuracy.fingerprint([changed]) != accuracy.fingerprint([config])
+  assert accuracy.fingerprint([config, config]) != accuracy.fingerprint([config])
 
 
 def test_jobs_and_selection():
