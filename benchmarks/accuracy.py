@@ -432,8 +432,11 @@ def prior_ranking(model_dir: str, planted_ids: Sequence[int]) -> dict:
     return {}
   ranks = planted_ranks(ranking.read_source_class_weights(model_dir, lambda_prior.PRIOR_FILE),
                         planted_ids)
-  return {'prior_planted_ranks': ranks,
-          'prior_planted_in_top20': sum(r <= TOP_SOURCES for r in ranks)}
+  return {'prior_planted_ranks': ranks, 'prior_planted_in_top20': _in_top(ranks)}
+
+
+def _in_top(ranks: Sequence[int]) -> int:
+  return sum(r <= TOP_SOURCES for r in ranks)
 
 
 def planted_ranks(ranked: Sequence[ranking.RankedClass], planted_ids: Sequence[int]) -> list[int]:
@@ -455,7 +458,7 @@ def source_ranking(ranked: Sequence[ranking.RankedClass], planted_ids: Sequence[
     summary['planted'] = [{'class_id': i, 'name': by_id[i].name, 'rank': r,
                            'expected_lambda': by_id[i].expected_lambda}
                           for i, r in zip(planted_ids, ranks)]
-    summary['planted_in_top20'] = sum(r <= TOP_SOURCES for r in ranks)
+    summary['planted_in_top20'] = _in_top(ranks)
     summary['median_planted_rank'] = float(np.median(ranks))
   return summary
 

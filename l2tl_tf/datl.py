@@ -49,6 +49,4 @@ def write_datl_weights(source_model_dir: str, config: Config, model_dir: str) ->
   weights = datl_weights(target_prior_under_source_model(source_model_dir, config),
                          source_prior(config))
   names = input_pipeline.source_class_names(config.data)
-  ranked = [ranking.RankedClass(int(i), names[i], float(weights[i]), 0.0)
-            for i in np.lexsort((np.arange(len(weights)), -weights))]
-  return ranking.write_source_class_weights(ranked, model_dir)
+  return ranking.write_source_class_weights(ranking.ranked_by_weight(weights, names), model_dir)

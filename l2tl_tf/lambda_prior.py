@@ -94,9 +94,8 @@ def feature_similarity_weights(encoder, config: Config) -> np.ndarray:
 
 def write_prior(weights: np.ndarray, class_names: list[str], model_dir: str) -> str:
   """Writes the prior in source_class_weights.csv's columns, highest first."""
-  order = np.lexsort((np.arange(len(weights)), -weights))
-  ranked = [ranking.RankedClass(int(i), class_names[i], float(weights[i]), 0.0) for i in order]
-  return ranking.write_source_class_weights(ranked, model_dir, PRIOR_FILE)
+  return ranking.write_source_class_weights(ranking.ranked_by_weight(weights, class_names),
+                                            model_dir, PRIOR_FILE)
 
 
 def lambda_prior(encoder, config: Config) -> Optional[np.ndarray]:

@@ -8,6 +8,7 @@ the mean and std of lambda over those samples, highest mean first.
 import csv
 import dataclasses
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -29,8 +30,15 @@ def rank_source_classes(policy: Policy, class_names: list[str], num_samples: int
                         seed: int = 0) -> list[RankedClass]:
   """Source classes sorted by mean sampled lambda (ties by class id)."""
   means, stds = sampled_class_weights(policy, num_samples, seed)
-  order = np.lexsort((np.arange(len(means)), -means))
-  return [RankedClass(int(i), class_names[i], float(means[i]), float(stds[i])) for i in order]
+  return ranked_by_weight(means, class_names, stds)
+
+
+def ranked_by_weight(weights: np.ndarray, class_names: list[str],
+                     stds: Optional[np.ndarray] = None) -> list[RankedClass]:
+  """Classes sorted by weight, highest first (ties by class id); std 0 when not given."""
+  stds = np.zeros(len(weights)) if stds is None else stds
+  order = np.lexsort((np.arange(len(weights)), -weights))
+  return [RankedClass(int(i), class_names[i], float(weights[i]), float(stds[i])) for i in order]
 
 
 def write_source_class_weights(ranked: list[RankedClass], model_dir: str,
