@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from l2tl_tf import records
+from l2tl_tf import records, stateless_draws
 from l2tl_tf.config import Config, DataConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -254,17 +254,16 @@ def _draws(seeds: tf.Tensor, data: DataConfig):
     (crop_seeds int64 [B, 2], offsets int32 [B, 2], flips bool [B]).
   """
   margin = 2 * _pad(data.image_size) + 1
-
-  def one(seed):
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    offset = tf.random.stateless_uniform([3], seed=crop_seed, dtype=tf.int32,
-                                         maxval=tf.int32.max)[:2] % margin
+  if seeds.shape[0] == 1:  # one image in a tf.data map: TF's own ops are fewer
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[0], 2))
+    offset = tf.random.stateless_uniform([2], seed=crop_seed, dtype=tf.int32,
+                                         maxval=tf.int32.max) % margin
     flip = tf.random.stateless_uniform([], seed=flip_seed, minval=0, maxval=1.0) < 0.5
-    return crop_seed, offset, flip
-  if seeds.shape[0] == 1:  # one image in a tf.data map: no loop
-    return tuple(draw[None] for draw in one(seeds[0]))
-  return tf.map_fn(one, seeds, fn_output_signature=(
-      tf.TensorSpec([2], tf.int64), tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)))
+    return crop_seed[None], offset[None], flip[None]
+  crop_seeds, flip_seeds = stateless_draws.split_in_two(seeds)
+  crop_block, flip_block = stateless_draws.first_blocks(crop_seeds, flip_seeds)
+  return (crop_seeds, stateless_draws.int32_values(crop_block, 2) % margin,
+          stateless_draws.below_half(flip_block))
 
 
 def resize_for_training(image: tf.Tensor, data: DataConfig) -> tf.Tensor:

@@ -260,3 +260,16 @@ def test_tfds_specs_stream_through_the_same_pipeline(tmp_path):
     reward_images, _ = next(iter(input_pipeline.reward_dataset(
         config, input_pipeline.TargetSubsets(12, np.arange(12), np.arange(0)))))
     assert reward_images.shape == (8, 32, 32, 3)
+
+
+@pytest.mark.parametrize('crop, flip', [('pad_crop', True), ('none', True)])
+def test_a_batch_is_augmented_as_its_images_are_one_at_a_time(crop, flip):
+  """The batched draws (`stateless_draws`) give each image its per-image augmentation."""
+  data = DataConfig(image_size=12, num_channels=3, train_crop=crop, random_flip=flip)
+  rng = np.random.default_rng(1)
+  images = tf.constant(rng.random((40, 12, 12, 3)), tf.float32)
+  seeds = tf.constant(rng.integers(-2**63, 2**63 - 1, (40, 2), dtype=np.int64, endpoint=True))
+  batched = input_pipeline.augment_batch(images, seeds, data)
+  one_at_a_time = [input_pipeline.augment_batch(images[i:i + 1], seeds[i:i + 1], data)[0]
+                   for i in range(40)]
+  np.testing.assert_array_equal(batched, np.stack(one_at_a_time))
