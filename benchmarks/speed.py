@@ -24,8 +24,8 @@ that background load hits every measurement alike, it times:
 
 and counts source images decoded per trained source image and validation
 images decoded per run. Times are medians over rounds; L2TL / parts is the
-median over rounds of each round's own ratio (the step and its parts, on the
-same model, timed back to back); the data are the demo's (glyphs
+median over rounds of each round's own ratio (the step against its parts on
+the same model, timed just before and just after it); the data are the demo's (glyphs
 rendered from matplotlib's fonts -> MNIST-5k, `l2tl_tf.demo_data`), built
 once under --data_dir. Writes <results_dir>/speed.json and speed.md.
 """
@@ -73,7 +73,7 @@ class Setup:
 
 SETUPS = {
     'small_cnn': Setup('small_cnn', 28, 1, batch_size=64, steps=20),
-    'resnet50': Setup('resnet50', 32, 3, batch_size=16, steps=5),
+    'resnet50': Setup('resnet50', 32, 3, batch_size=16, steps=10),
 }
 
 
@@ -247,7 +247,6 @@ def measure(setup_name: str, data: demo_data.DemoData, rounds: int, log) -> dict
     l2tl = config(Mode.L2TL)
     log(f'[{setup_name}] building and tracing ...')
     l2tl_run = runs.build(l2tl, tf.distribute.get_strategy())
-    # The step and its parts run back to back in every round (paired_ratio).
     timers = {'finetune': _step_timer(config(Mode.FINETUNE)),
               'l2tl_decode_all': _step_timer(config(Mode.L2TL, 'pipeline')),
               'l2tl': _step_timer(l2tl, run=l2tl_run),
@@ -256,8 +255,9 @@ def measure(setup_name: str, data: demo_data.DemoData, rounds: int, log) -> dict
               'pipeline': _pipeline_timer(l2tl)}
     samples = {name: [] for name in timers}
     for index in range(rounds):
-      for name, time_it in timers.items():
-        samples[name].append(1000.0 * time_it())
+      for name in ROUND_ORDER:
+        for timer in PARTS if name == 'parts' else (name,):
+          samples[timer].append(1000.0 * timers[timer]())
       log(f'[{setup_name}] round {index + 1}/{rounds}: ' + '  '.join(
           f'{name} {values[-1]:.1f} ms' for name, values in samples.items()))
     decodes = count_decodes(l2tl, steps=10)
@@ -277,19 +277,32 @@ def measure(setup_name: str, data: demo_data.DemoData, rounds: int, log) -> dict
   }
 
 
+PARTS = ('part_train', 'part_reward')
+# One round: each L2TL step timing sits between two timings of its parts, so
+# a load change during the round (on this VM, a single timing moves by up to
+# 10%) shifts both sides of the ratio; the parts are timed three times a round.
+ROUND_ORDER = ('finetune', 'l2tl_decode_all', 'parts', 'l2tl', 'parts',
+               'l2tl_inputs_in_memory', 'parts', 'pipeline')
+_PARTS_PER_ROUND = ROUND_ORDER.count('parts')
+
+
 def per_round_ratios(samples: dict, step: str) -> list:
-  """step / (part_train + part_reward), each round's three timings together."""
-  return [value / (train + reward) for value, train, reward in
-          zip(samples[step], samples['part_train'], samples['part_reward'])]
+  """step / (part_train + part_reward), the parts averaged over the two timings around it.
+
+  `samples` holds one `step` timing and `_PARTS_PER_ROUND` timings of each
+  part per round, in `ROUND_ORDER`.
+  """
+  before = ROUND_ORDER[:ROUND_ORDER.index(step)].count('parts') - 1
+  parts = np.add(samples['part_train'], samples['part_reward']).reshape(-1, _PARTS_PER_ROUND)
+  around = parts[:, before:before + 2].mean(axis=1)
+  return [float(value / total) for value, total in zip(samples[step], around)]
 
 
 def paired_ratio(samples: dict, step: str) -> float:
-  """Median over rounds of the step-to-parts ratio within each round.
+  """Median over rounds of the step-to-parts ratio within each round (`per_round_ratios`).
 
-  The step and its parts are timed back to back in every round, so a load
-  change between rounds moves numerator and denominator together; the
-  median of these paired ratios is steadier than a ratio of medians (both
-  are in the JSON).
+  Pairing within a round is steadier than a ratio of medians, which mixes
+  rounds run under different load (both are in the JSON).
   """
   return float(np.median(per_round_ratios(samples, step)))
 

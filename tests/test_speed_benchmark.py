@@ -48,10 +48,16 @@ def test_table_reports_the_issue_ratios():
   assert '| 1.00 (5.00) | 20 of 20 | 3.0x |' in table
 
 
-def test_step_over_parts_is_paired_within_rounds():
-  # Round 2 ran under load: every timing doubled. Paired ratios are unmoved by
-  # it; the ratio of medians would mix rounds.
-  samples = {'l2tl': [105.0, 210.0, 104.0], 'part_train': [60.0, 120.0, 60.0],
-             'part_reward': [40.0, 80.0, 40.0]}
-  assert speed.per_round_ratios(samples, 'l2tl') == pytest.approx([1.05, 1.05, 1.04])
+def test_step_over_parts_is_paired_with_the_parts_timed_around_it():
+  # Three rounds, the parts timed three times in each (speed.ROUND_ORDER):
+  # before the L2TL step, between it and the in-memory step, and after that.
+  # Round 2 ran under load (every timing doubled); in round 3 the load rose
+  # during the round, and the parts around each step follow it.
+  assert speed.ROUND_ORDER.index('parts') < speed.ROUND_ORDER.index('l2tl')
+  samples = {'l2tl': [105.0, 210.0, 110.0], 'l2tl_inputs_in_memory': [102.0, 204.0, 123.0],
+             'part_train': [60.0, 60.0, 60.0, 120.0, 120.0, 120.0, 60.0, 66.0, 72.0],
+             'part_reward': [40.0, 40.0, 40.0, 80.0, 80.0, 80.0, 40.0, 44.0, 48.0]}
+  assert speed.per_round_ratios(samples, 'l2tl') == pytest.approx([1.05, 1.05, 110 / 105])
+  assert speed.per_round_ratios(samples, 'l2tl_inputs_in_memory') == pytest.approx(
+      [1.02, 1.02, 123 / 115])
   assert speed.paired_ratio(samples, 'l2tl') == pytest.approx(1.05)
