@@ -6,10 +6,11 @@ image's augmentation independent of the batch it lands in) costs a
 `tf.map_fn` of several ops per example: on a small host that loop, paid in
 the target stream and again in the step, was the largest piece of L2TL's
 input overhead. The draws are a pure function of the seed: Philox-4x32-10
-(Salmon et al., 2011) keyed by TF's seed scrambling. Written here with
-elementwise ops over the batch, they are bit-identical to TF's kernels
-(tests compare them on thousands of seeds) for a fixed handful of ops per
-batch.
+(Salmon et al., 2011) keyed by TF's seed scrambling, the algorithm TF's
+"auto_select" picks on the host CPU, where input pipelines run. Written here
+with elementwise ops over the batch, they are bit-identical to TF's kernels
+(tests compare them on hundreds of seeds, the int64 extremes among them) for
+a fixed number of ops per batch, whatever its size.
 
 32-bit words travel as uint64 holding values below 2^32, so a 32x32-bit
 product is exact and its high and low halves are a shift and a mask.
