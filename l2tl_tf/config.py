@@ -159,6 +159,14 @@ class PolicyConfig:
   # for the lambda logits; alpha_s keeps Adam at --policy_learning_rate.
   credit_optimizer: str = 'adam'
   credit_learning_rate: float = 0.0
+  # Credit for alpha_s. 'reward' (paper): the scalar REINFORCE above.
+  # 'first_order' (needs lambda_credit=first_order, whose scores it reuses):
+  # a = sum_i lambda(c_i) u_i over the step's candidates, the first-order drop
+  # of the validation loss per unit of alpha_s, divided by its running RMS;
+  # then a natural-gradient step on alpha's softmax, logit_k +=
+  # alpha_credit_rate * a * (alpha_k - E[alpha]) / max_k alpha_k.
+  alpha_credit: str = 'reward'
+  alpha_credit_rate: float = 0.1
   # Where lambda's logits start. 'none' (paper): uniform. 'feature_similarity':
   # logit_k = -strength * (lambda_k - w_c)^2, w_c the cosine of source class
   # c's mean pretrained feature with the nearest target class mean, scaled to
@@ -363,7 +371,8 @@ def validate(config: Config) -> None:
                                 ('credit_aggregation', policy.credit_aggregation, ('mean', 'sum')),
                                 ('credit_estimator', policy.credit_estimator,
                                  ('reinforce', 'expected')),
-                                ('credit_optimizer', policy.credit_optimizer, ('adam', 'sgd'))):
+                                ('credit_optimizer', policy.credit_optimizer, ('adam', 'sgd')),
+                                ('alpha_credit', policy.alpha_credit, ('reward', 'first_order'))):
     _require(value in choices, f'--{flag}={value!r}: use one of {", ".join(choices)}.')
   _require(policy.lambda_prior in ('none', 'feature_similarity'),
            f"--lambda_prior={policy.lambda_prior!r}: use 'none' or 'feature_similarity'.")
@@ -378,6 +387,12 @@ def validate(config: Config) -> None:
              f'--lambda_prior_strength={policy.lambda_prior_strength} must be >= 0.')
     _require(policy.lambda_prior_examples >= 1,
              f'--lambda_prior_examples={policy.lambda_prior_examples} must be >= 1.')
+  if policy.alpha_credit == 'first_order':
+    _require(policy.lambda_credit == 'first_order' and config.mode.learns_lambda,
+             '--alpha_credit=first_order reuses the candidate scores of '
+             '--lambda_credit=first_order: set that too, with --mode=l2tl.')
+    _require(policy.alpha_credit_rate > 0.0,
+             f'--alpha_credit_rate={policy.alpha_credit_rate} must be > 0.')
   _require(policy.credit_last_variables >= 0,
            f'--credit_last_variables={policy.credit_last_variables} must be >= 0.')
   _require(policy.credit_learning_rate >= 0.0,

@@ -111,6 +111,12 @@ _FIELDS = {
     'credit_optimizer': ('policy', 'credit_optimizer', 'first_order: adam | sgd for lambda.'),
     'credit_learning_rate': ('policy', 'credit_learning_rate',
                              'first_order: rate for lambda (0: --policy_learning_rate).'),
+    'alpha_credit': ('policy', 'alpha_credit',
+                     'reward (paper: alpha_s by the scalar REINFORCE) | first_order (alpha_s '
+                     'by the first-order value of the lambda-weighted candidates; needs '
+                     '--lambda_credit=first_order).'),
+    'alpha_credit_rate': ('policy', 'alpha_credit_rate',
+                          'alpha_credit=first_order: natural-gradient step on alpha\'s logits.'),
     'lambda_prior': ('policy', 'lambda_prior',
                      'none (paper: lambda logits start uniform) | feature_similarity (start '
                      'near each source class\'s pretrained-feature similarity to the target).'),

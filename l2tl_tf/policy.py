@@ -8,7 +8,7 @@ draw the same actions. REINFORCE (Williams, 1992) with a moving-average
 baseline b (decay gamma) and Adam updates the logits from the reward.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -56,6 +56,9 @@ class Policy(tf.Module):
       self.lambda_optimizer = (keras.optimizers.SGD(rate) if config.credit_optimizer == 'sgd'
                                else keras.optimizers.Adam(rate))
       self.lambda_optimizer.build([self.lambda_logits])
+    if config.alpha_credit == 'first_order':
+      # Running mean square of alpha's first-order value (0: none seen yet).
+      self.alpha_credit_square = tf.Variable(0.0, trainable=False, name='alpha_credit_square')
 
   def set_lambda_prior(self, weights, strength: float) -> None:
     """Starts class c's categorical near lambda = weights[c].
@@ -160,15 +163,20 @@ class Policy(tf.Module):
     return PolicyStats(reward, baseline, advantage, log_prob)
 
   def update_per_class(self, actions: Actions, class_advantages: tf.Tensor,
-                       reward: tf.Tensor, learn_alpha: bool = True) -> PolicyStats:
-    """lambda from per-class advantages A_c, alpha_s from the scalar reward.
+                       reward: tf.Tensor, learn_alpha: bool = True,
+                       alpha_value: Optional[tf.Tensor] = None) -> PolicyStats:
+    """lambda from per-class advantages A_c; alpha_s from the scalar reward or `alpha_value`.
 
     A_c values a unit of lambda(c) (the first-order credit of class c's
     candidates), so the surrogate reward of class c's action is lambda(a_c) A_c.
     'reinforce': ascend A_c (lambda(a_c) - E[lambda(c)]) grad log pi(a_c);
     'expected': ascend A_c grad E[lambda(c)], the same gradient in expectation.
     """
-    stats = self.update(actions, reward, learn_lambda=False, learn_alpha=learn_alpha)
+    by_value = learn_alpha and alpha_value is not None
+    stats = self.update(actions, reward, learn_lambda=False,
+                        learn_alpha=learn_alpha and not by_value)
+    if by_value:
+      self._update_alpha_first_order(alpha_value)
     advantages = tf.stop_gradient(tf.cast(class_advantages, tf.float32))
     with tf.GradientTape() as tape:
       expected = self.expected_lambda()
@@ -183,6 +191,31 @@ class Policy(tf.Module):
     gradient = tape.gradient(loss, self.lambda_logits)
     self.lambda_optimizer.apply_gradients([(gradient, self.lambda_logits)])
     return stats
+
+  def _update_alpha_first_order(self, value: tf.Tensor) -> None:
+    """Moves alpha_s towards larger values when a unit of it lowers the validation loss.
+
+    `value` (first-order drop of the validation loss per unit of alpha_s) is
+    divided by its running RMS (decay gamma, started at the first value), so
+    the step size does not depend on the loss's scale, which shrinks as
+    training fits. The step is the natural policy gradient of the surrogate
+    reward value * alpha(a) for a softmax over levels: every logit moves by
+    rate * value * (alpha_k - E[alpha]) / max alpha, i.e. multiplicative
+    weights on the levels, whatever their current probabilities. (The plain
+    gradient would scale by p_k, about 1/n' here, and barely move.)
+    """
+    value = tf.cast(value, tf.float32)
+    gamma = self.config.baseline_decay
+    square = tf.where(self.alpha_credit_square > 0.0,
+                      (1.0 - gamma) * self.alpha_credit_square + gamma * value * value,
+                      value * value)
+    self.alpha_credit_square.assign(square)
+    normalised = tf.math.divide_no_nan(value, tf.sqrt(square))
+    levels = self.alpha_values(tf.range(self.config.num_alpha_levels))
+    top = tf.reduce_max(levels)
+    step = self.config.alpha_credit_rate * normalised * tf.math.divide_no_nan(
+        levels - self.expected_alpha(), top)
+    self.alpha_logits.assign_add(step)
 
   def _advance_baseline(self, reward: tf.Tensor) -> tf.Tensor:
     """Updates b and returns the baseline the advantage is taken against."""

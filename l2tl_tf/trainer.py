@@ -124,12 +124,16 @@ class Trainer:
                                                metrics.pop('credit_count'),
                                                metrics.pop('credit_moments'))
                         if self.per_class_credit else None)
+    alpha_value = metrics.pop('credit_alpha', None)
+    if self.config.policy.alpha_credit != 'first_order':
+      alpha_value = None
     metrics['loss/total'] = (metrics['loss/source'] + metrics['loss/target']
                              + metrics['loss/weight_decay'])
     metrics['policy/alpha'] = inputs['alpha'] if 'alpha' in inputs else tf.constant(0.0)
     metrics['policy/mean_lambda_kept'] = tf.math.divide_no_nan(
         metrics.pop('kept_lambda_sum'), float(self.config.source_batch_size))
-    metrics.update(self._policy_metrics(actions, iterators, reward_batch, class_advantages))
+    metrics.update(self._policy_metrics(actions, iterators, reward_batch, class_advantages,
+                                        alpha_value))
     metrics['learning_rate'] = tf.cast(self.optimizer.learning_rate, tf.float32)
     self.step.assign_add(1)
     return metrics
@@ -150,7 +154,7 @@ class Trainer:
     return lambdas, alpha
 
   def _policy_metrics(self, actions: Optional[Actions], iterators: dict,
-                      reward_batch=None, class_advantages=None) -> dict:
+                      reward_batch=None, class_advantages=None, alpha_value=None) -> dict:
     """Reward on B_P validation examples, then REINFORCE where the mode learns."""
     zero = tf.constant(0.0)
     if actions is None:
@@ -158,7 +162,8 @@ class Trainer:
     reward = self.reward(next(iterators['reward']) if reward_batch is None else reward_batch)
     if class_advantages is not None:
       stats = self.policy.update_per_class(actions, class_advantages, reward,
-                                           learn_alpha=self.mode.learns_alpha)
+                                           learn_alpha=self.mode.learns_alpha,
+                                           alpha_value=alpha_value)
     else:
       stats = self.policy.update(actions, reward, learn_lambda=self.mode.learns_lambda,
                                  learn_alpha=self.mode.learns_alpha)
@@ -195,7 +200,8 @@ class Trainer:
 
   def replica_train_step(self, inputs: dict) -> dict:
     """Selection, decoding, then forward, backward and SGD on this replica's share."""
-    credit = (self._replica_credit(inputs['source'], inputs['reward'], inputs['target'])
+    credit = (self._replica_credit(inputs['source'], inputs['reward'], inputs['target'],
+                                   inputs['lambda'])
               if 'reward' in inputs else {})
     source, kept_lambda_sum = None, tf.constant(0.0)
     if 'source' in inputs:
@@ -285,7 +291,7 @@ class Trainer:
       variable.assign(value)
     return logits
 
-  def _replica_credit(self, source_batch, reward_batch, target_batch) -> dict:
+  def _replica_credit(self, source_batch, reward_batch, target_batch, lambda_per_class) -> dict:
     """First-order value of every source candidate for the validation loss.
 
     u_i = <grad_g L_S(x_i), grad_g L_val>: how much an SGD step on candidate i
@@ -296,8 +302,9 @@ class Trainer:
     logits = scale * cos(g(x_val), class means of g(this step's target batch)),
     which values the representation whatever h_T's current geometry. The
     validation gradient is the mean over replicas; u_i comes from one
-    forward-mode pass over the candidates. Returns per-class sums and counts
-    and the moments of u, all summed across replicas by the caller.
+    forward-mode pass over the candidates. Returns per-class sums and counts,
+    the moments of u and sum_i lambda(c_i) u_i (alpha_s's first-order value),
+    all summed across replicas by the caller.
     """
     variables = self.model.encoder.trainable_variables
     if self.config.policy.credit_last_variables:
@@ -323,6 +330,7 @@ class Trainer:
     return {'credit_sum': tf.math.unsorted_segment_sum(scores, labels, num_classes),
             'credit_count': tf.math.unsorted_segment_sum(tf.ones_like(scores), labels,
                                                          num_classes),
+            'credit_alpha': tf.reduce_sum(tf.gather(lambda_per_class, labels) * scores),
             'credit_moments': tf.stack([tf.reduce_sum(scores),
                                         tf.reduce_sum(scores * scores),
                                         tf.cast(tf.size(scores), tf.float32)])}

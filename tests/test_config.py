@@ -43,3 +43,16 @@ def test_decoding_after_selection_applies_only_when_the_step_selects(tiny_data, 
   scored = dataclasses.replace(scored, policy=dataclasses.replace(
       scored.policy, lambda_credit='first_order'))
   assert not scored.decodes_after_select  # every candidate is scored, so decoded
+
+
+@pytest.mark.parametrize('policy, message', [
+    (dict(alpha_credit='first_order'), 'reuses the candidate scores'),
+    (dict(alpha_credit='first_order', lambda_credit='first_order', alpha_credit_rate=0.0),
+     'alpha_credit_rate=0.0 must be > 0'),
+    (dict(alpha_credit='gradient'), "--alpha_credit='gradient'"),
+])
+def test_alpha_credit_refuses_settings_it_cannot_use(tiny_data, tmp_path, policy, message):
+  config = tiny_config(tiny_data, tmp_path)
+  config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, **policy))
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)

@@ -145,3 +145,43 @@ def test_per_class_credit_raises_lambda_where_the_advantage_is_positive(estimato
   assert expected[0] > 0.8 and expected[1] < 0.2, expected
   assert abs(expected[2] - 0.5) < 0.1 + (0.15 if estimator == 'reinforce' else 0.0), expected
   assert not np.allclose(policy.alpha_logits.numpy(), alpha_before)  # alpha: scalar reward
+
+
+def _alpha_first_order_policy(**overrides):
+  return make_policy(num_classes=2, lambda_credit='first_order', alpha_credit='first_order',
+                     num_alpha_levels=5, alpha_beta=0.5, **overrides)
+
+
+@pytest.mark.parametrize('sign', [1.0, -1.0])
+def test_alpha_first_order_credit_follows_the_sign_of_its_value(sign):
+  """A source that lowers the validation loss raises alpha_s; one that raises it, lowers it."""
+  policy = _alpha_first_order_policy(alpha_credit_rate=0.5)
+  update = tf.function(policy.update_per_class)
+  for step in range(40):
+    actions = policy.sample(policy.step_seed(tf.constant(step, tf.int64)))
+    # Magnitudes shrink 100x over the run, as the loss does: the RMS keeps the steps alive.
+    value = sign * (1.0 + 0.5 * np.sin(step)) * 0.9**step
+    update(actions, tf.zeros([2]), tf.constant(0.5), alpha_value=tf.constant(value, tf.float32))
+  expected = float(policy.expected_alpha().numpy())
+  assert (expected > 0.4) if sign > 0 else (expected < 0.1), expected
+
+
+def test_alpha_first_order_step_is_the_natural_gradient_of_expected_alpha():
+  """First step: logits move by rate * sign * (alpha_k - E[alpha]) / max alpha."""
+  policy = _alpha_first_order_policy(alpha_credit_rate=0.3)
+  actions = policy.sample(policy.step_seed(tf.constant(0, tf.int64)))
+  policy.update_per_class(actions, tf.zeros([2]), tf.constant(0.5),
+                          alpha_value=tf.constant(-7.0))
+  levels = np.array([0.0, 0.125, 0.25, 0.375, 0.5])
+  np.testing.assert_allclose(policy.alpha_logits.numpy(), -0.3 * (levels - 0.25) / 0.5,
+                             rtol=1e-6)
+  np.testing.assert_allclose(policy.alpha_credit_square.numpy(), 49.0)
+
+
+def test_alpha_first_order_credit_ignores_the_scalar_reward():
+  policy = _alpha_first_order_policy()
+  for step in range(5):
+    actions = policy.sample(policy.step_seed(tf.constant(step, tf.int64)))
+    policy.update_per_class(actions, tf.zeros([2]), tf.constant(float(step)),
+                            alpha_value=tf.constant(0.0))
+  np.testing.assert_array_equal(policy.alpha_logits.numpy(), np.zeros(5))

@@ -209,6 +209,27 @@ def test_first_order_credit_runs_and_moves_only_candidate_classes(tiny_data, tmp
   assert np.all(np.isfinite(logits)) and not np.allclose(logits, 0.0)
 
 
+@pytest.mark.parametrize('strategy_name', ['default', 'mirrored'])
+def test_first_order_alpha_credit_moves_alpha_by_natural_gradient_steps(tiny_data, tmp_path,
+                                                                       mirrored, strategy_name):
+  """alpha_credit=first_order: alpha's logits stay affine in the levels (no sampled action)."""
+  strategy = mirrored if strategy_name == 'mirrored' else tf.distribute.get_strategy()
+  config = tiny_config(tiny_data, tmp_path, batch_size=4 * strategy.num_replicas_in_sync)
+  config = dataclasses.replace(config, policy=dataclasses.replace(
+      config.policy, lambda_credit='first_order', alpha_credit='first_order',
+      num_alpha_levels=7, credit_estimator='expected', credit_optimizer='sgd',
+      credit_learning_rate=0.1))
+  run, metrics, _ = _run_steps(config, strategy, 3)
+  assert np.isfinite(metrics['policy/reward'])
+  logits = strategy.experimental_local_results(run.policy.alpha_logits)
+  for replica in logits[1:]:
+    np.testing.assert_array_equal(replica.numpy(), logits[0].numpy())
+  logits = logits[0].numpy()
+  assert not np.allclose(logits, 0.0)
+  np.testing.assert_allclose(np.diff(logits, 2), 0.0, atol=1e-5)
+  assert np.isfinite(run.policy.alpha_credit_square.numpy())
+
+
 def _moving_statistics_after(config, strategy, source, target, step: bool) -> list:
   """The encoder's moving statistics after one joint model step (or, with
   step=False, after a lone training-mode target pass), from the same init."""
