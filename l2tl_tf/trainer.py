@@ -125,8 +125,6 @@ class Trainer:
                                                metrics.pop('credit_moments'))
                         if self.per_class_credit else None)
     alpha_value = metrics.pop('credit_alpha', None)
-    if self.config.policy.alpha_credit != 'first_order':
-      alpha_value = None
     metrics['loss/total'] = (metrics['loss/source'] + metrics['loss/target']
                              + metrics['loss/weight_decay'])
     metrics['policy/alpha'] = inputs['alpha'] if 'alpha' in inputs else tf.constant(0.0)
@@ -303,8 +301,8 @@ class Trainer:
     which values the representation whatever h_T's current geometry. The
     validation gradient is the mean over replicas; u_i comes from one
     forward-mode pass over the candidates. Returns per-class sums and counts,
-    the moments of u and sum_i lambda(c_i) u_i (alpha_s's first-order value),
-    all summed across replicas by the caller.
+    the moments of u and, with --alpha_credit=first_order, sum_i lambda(c_i)
+    u_i (alpha_s's first-order value), all summed across replicas by the caller.
     """
     variables = self.model.encoder.trainable_variables
     if self.config.policy.credit_last_variables:
@@ -327,13 +325,15 @@ class Trainer:
       per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, source_logits)
     scores = acc.jvp(per_example)
     num_classes = self.config.data.source_num_classes
-    return {'credit_sum': tf.math.unsorted_segment_sum(scores, labels, num_classes),
-            'credit_count': tf.math.unsorted_segment_sum(tf.ones_like(scores), labels,
-                                                         num_classes),
-            'credit_alpha': tf.reduce_sum(tf.gather(lambda_per_class, labels) * scores),
-            'credit_moments': tf.stack([tf.reduce_sum(scores),
-                                        tf.reduce_sum(scores * scores),
-                                        tf.cast(tf.size(scores), tf.float32)])}
+    credit = {'credit_sum': tf.math.unsorted_segment_sum(scores, labels, num_classes),
+              'credit_count': tf.math.unsorted_segment_sum(tf.ones_like(scores), labels,
+                                                           num_classes),
+              'credit_moments': tf.stack([tf.reduce_sum(scores),
+                                          tf.reduce_sum(scores * scores),
+                                          tf.cast(tf.size(scores), tf.float32)])}
+    if self.config.policy.alpha_credit == 'first_order':
+      credit['credit_alpha'] = tf.reduce_sum(tf.gather(lambda_per_class, labels) * scores)
+    return credit
 
   def _ncm_logits(self, val_images, target_batch):
     """Nearest-class-mean logits: scaled cosine to the target batch's class means."""
