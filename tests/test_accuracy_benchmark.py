@@ -204,6 +204,23 @@ def test_selection_by_k_seed_and_split_keeps_the_suite_order():
       accuracy.select(full, **bad)
 
 
+def test_full_suite_runs_planted_scenarios_at_k10_only():
+  full = accuracy.SUITES['full']
+  cells = {(j.scenario, j.k) for j in accuracy.jobs(full)}
+  assert {k for s, k in cells if accuracy.is_planted(s)} == {10}
+  assert {k for s, k in cells if not accuracy.is_planted(s)} == {5, 10, 20}
+  natural_runs = 2 * 2 * 3 * 3 * (len(accuracy.METHODS) - 1)  # no oracle
+  planted_runs = 4 * 2 * 3 * 1 * len(accuracy.METHODS)
+  assert len(accuracy.jobs(full)) == natural_runs + planted_runs
+  mixed = accuracy.select(full, scenarios=['digits', 'fashion-planted'], ks=[5, 10])
+  assert {(j.scenario, j.k) for j in accuracy.jobs(mixed)} == {
+      ('digits', 5), ('digits', 10), ('fashion-planted', 10)}
+  with pytest.raises(ValueError, match='no run'):
+    accuracy.select(full, scenarios=['digits-planted'], ks=[5])
+  with pytest.raises(ValueError, match='no run'):
+    accuracy.select(full, scenarios=['digits'], methods=['oracle'])
+
+
 @pytest.fixture(scope='module')
 def tiny_scenarios(raw, tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp('scenarios'))
