@@ -552,7 +552,6 @@ def markdown(suite: Suite, rows: Sequence[dict], seconds: float,
     seconds: time the runs took.
     rankings: run records whose top source classes to list (Table 4).
   """
-  ks = sorted({row['k'] for row in rows})
   lines = [f'# Accuracy benchmark, suite `{suite.name}`', '',
            f'Test top-1 (%), mean +- std over split seeds {list(suite.split_seeds)} x seeds '
            f'{list(suite.seeds)} (runs in brackets); k = target training examples per class. '
@@ -562,6 +561,7 @@ def markdown(suite: Suite, rows: Sequence[dict], seconds: float,
            f'Time of these runs, pretraining included: {seconds / 60:.1f} min.']
   by_key = {(r['scenario'], r['k'], r['method']): r for r in rows}
   for scenario in dict.fromkeys(r['scenario'] for r in rows):
+    ks = sorted({r['k'] for r in rows if r['scenario'] == scenario})
     lines += ['', f'## {scenario}', '', '| method | ' + ' | '.join(f'k={k}' for k in ks) + ' |',
               '|---|' + '---|' * len(ks)]
     for method in dict.fromkeys(r['method'] for r in rows if r['scenario'] == scenario):
@@ -584,6 +584,7 @@ def markdown(suite: Suite, rows: Sequence[dict], seconds: float,
                    f'{np.mean(r["planted_in_top20"]):.1f}; {min(r["planted_in_top20"])} | '
                    f'{np.mean(r["median_planted_rank"]):.0f} | '
                    f'{f"{np.mean(prior):.1f}; {min(prior)}" if prior else "-"} |')
+  lines += bar_lines(rows)
   for record in rankings:
     lines += ['', f'## Top {len(record["top_sources"])} source classes by expected lambda: '
                   f'{record["method"]}, {record["scenario"]} split {record["split"]} seed '
@@ -594,6 +595,70 @@ def markdown(suite: Suite, rows: Sequence[dict], seconds: float,
       lines.append(f'| {rank} | {row["class_id"]} | {name} | '
                    f'{row["expected_lambda"]:.3f} | {row["std"]:.3f} |')
   return '\n'.join(lines) + '\n'
+
+
+# Issue 3's bar, read off the aggregated rows for each method that learns lambda.
+BAR_METHODS = ('l2tl', 'l2tl_ours')
+BAR_PLANTED_IN_TOP = 8
+BAR_NATURAL_MARGIN = 2.0
+BAR_NATURAL_MAX_K = 10
+
+
+def bar_checks(rows: Sequence[dict], method: str) -> list[dict]:
+  """Every comparison of issue 3's bar for `method`, each with its numbers and verdict.
+
+  Planted scenarios: at least 8 planted classes in the top 20 in every run,
+  and mean test top-1 >= uniform's. Natural scenarios at k <= 10: >=
+  fine-tuning + 2, >= uniform, >= DATL. Everywhere: not below fine-tuning by
+  more than one standard deviation (the larger of the two methods' stds over
+  their runs). A comparison whose reference method has no row is left out.
+  """
+  by_key = {(r['scenario'], r['k'], r['method']): r for r in rows}
+  checks = []
+
+  def compare(row, name, reference, margin=0.0, slack=0.0):
+    ref = by_key.get((row['scenario'], row['k'], reference))
+    if ref is None:
+      return
+    threshold = ref['test_top1'] + margin - slack
+    checks.append({'check': name, 'scenario': row['scenario'], 'k': row['k'],
+                   'value': row['test_top1'], 'threshold': threshold,
+                   'met': row['test_top1'] >= threshold})
+  for row in (r for r in rows if r['method'] == method):
+    if is_planted(row['scenario']):
+      if 'planted_in_top20' in row:
+        fewest = min(row['planted_in_top20'])
+        checks.append({'check': f'planted in top {TOP_SOURCES}, fewest over runs',
+                       'scenario': row['scenario'], 'k': row['k'], 'value': fewest,
+                       'threshold': BAR_PLANTED_IN_TOP, 'met': fewest >= BAR_PLANTED_IN_TOP})
+      compare(row, '>= uniform', 'uniform')
+    elif row['k'] <= BAR_NATURAL_MAX_K:
+      compare(row, f'>= finetune + {BAR_NATURAL_MARGIN:g}', 'finetune', BAR_NATURAL_MARGIN)
+      compare(row, '>= uniform', 'uniform')
+      compare(row, '>= DATL', 'datl')
+    finetune = by_key.get((row['scenario'], row['k'], 'finetune'))
+    if finetune is not None:
+      compare(row, '>= finetune - 1 std', 'finetune',
+              slack=max(finetune['test_top1_std'], row['test_top1_std']))
+  return checks
+
+
+def bar_lines(rows: Sequence[dict]) -> list[str]:
+  """The bar's comparisons as a markdown table (nothing when no method to check ran)."""
+  lines = []
+  for method in BAR_METHODS:
+    checks = bar_checks(rows, method)
+    if not checks:
+      continue
+    met = sum(c['met'] for c in checks)
+    lines += ['', f'## Issue 3\'s bar for `{method}`: {met} of {len(checks)} comparisons met',
+              '', '| check | scenario | k | value | needs | met |', '|---|---|---|---|---|---|']
+    for c in checks:
+      value, needed = (f'{c["value"]:.2f}', f'{c["threshold"]:.2f}') if isinstance(
+          c['value'], float) else (str(c['value']), str(c['threshold']))
+      lines.append(f'| {c["check"]} | {c["scenario"]} | {c["k"]} | {value} | >= {needed} | '
+                   f'{"yes" if c["met"] else "**no**"} |')
+  return lines
 
 
 # ---------------------------------------------------------------- plots

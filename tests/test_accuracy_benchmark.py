@@ -130,6 +130,7 @@ def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
   for method in accuracy.METHODS:
     assert sum(line.startswith(f'| {method} | ') for line in table.splitlines()) == 1
   assert '| digits-planted | 2 | l2tl |' in reports['text']
+  assert "## Issue 3's bar for `l2tl_ours`" in reports['text']
   top = reports['text'].split('## Top 20 source classes by expected lambda: l2tl', 1)[1]
   assert f'| 1 | {l2tl["top_sources"][0]["class_id"]} |' in top
   with open(reports['json'], encoding='utf-8') as f:
@@ -165,6 +166,36 @@ def test_prior_ranking_reads_where_the_lambda_prior_put_the_planted_classes(tmp_
   prior = accuracy.prior_ranking(str(tmp_path), [7, 5, 30])
   assert prior == {'prior_planted_ranks': [3, 1, 26], 'prior_planted_in_top20': 2}
   assert accuracy.prior_ranking(str(tmp_path), []) == {}
+
+
+def _row(scenario, k, method, test, std=0.5, **extra):
+  return {'scenario': scenario, 'k': k, 'method': method, 'test_top1': test,
+          'test_top1_std': std, **extra}
+
+
+def test_bar_checks_read_the_issue_bar_off_the_rows():
+  rows = [_row('digits', 5, 'finetune', 80.0), _row('digits', 5, 'uniform', 81.0),
+          _row('digits', 5, 'datl', 82.5), _row('digits', 5, 'l2tl_ours', 82.0),
+          _row('digits', 20, 'finetune', 95.0, std=0.4),
+          _row('digits', 20, 'l2tl_ours', 94.5, std=0.6),
+          _row('digits-planted', 10, 'finetune', 90.0), _row('digits-planted', 10, 'uniform', 91.0),
+          _row('digits-planted', 10, 'l2tl_ours', 91.0, planted_in_top20=[10, 7, 9])]
+  checks = {(c['check'], c['scenario'], c['k']): c['met']
+            for c in accuracy.bar_checks(rows, 'l2tl_ours')}
+  assert checks == {
+      ('>= finetune + 2', 'digits', 5): True,          # 82.0 >= 82.0
+      ('>= uniform', 'digits', 5): True,
+      ('>= DATL', 'digits', 5): False,                 # 82.0 < 82.5
+      ('>= finetune - 1 std', 'digits', 5): True,
+      # k = 20 checks only the std bar; the larger std (0.6) is the slack.
+      ('>= finetune - 1 std', 'digits', 20): True,     # 94.5 >= 95.0 - 0.6
+      ('planted in top 20, fewest over runs', 'digits-planted', 10): False,  # 7 < 8
+      ('>= uniform', 'digits-planted', 10): True,
+      ('>= finetune - 1 std', 'digits-planted', 10): True}
+  assert accuracy.bar_checks(rows, 'l2tl') == []
+  text = '\n'.join(accuracy.bar_lines(rows))
+  assert "Issue 3's bar for `l2tl_ours`: 6 of 8 comparisons met" in text
+  assert '| >= DATL | digits | 5 | 82.00 | >= 82.50 | **no** |' in text
 
 
 def test_fingerprints_count_only_settings_away_from_their_defaults():
