@@ -187,6 +187,12 @@ class OptimizerConfig:
   # 'none': loss_S = alpha_s * sum_j lambda_j L_j / B_S (Eq. 1).
   # 'mean_one': kept weights rescaled to mean 1 (the official code).
   source_weight_normalization: str = 'none'
+  # 'none': the paper's alpha_s * sum_j lambda_j L_j (Eq. 1), whatever the
+  # target loss has become. 'target_ratio': that term times
+  # min(1, mean L_T / mean L_S) of the step's batches, gradient stopped, so
+  # the source's share of the update fades as the target fits (BUILD_NOTES,
+  # "Deviations").
+  source_loss_scaling: str = 'none'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,6 +406,9 @@ def validate(config: Config) -> None:
   _require(optimizer.source_weight_normalization in ('none', 'mean_one'),
            f'--source_weight_normalization={optimizer.source_weight_normalization!r}: '
            "use 'none' or 'mean_one'.")
+  _require(optimizer.source_loss_scaling in SOURCE_LOSS_SCALINGS,
+           f'--source_loss_scaling={optimizer.source_loss_scaling!r}: use one of '
+           f'{", ".join(SOURCE_LOSS_SCALINGS)}.')
   _require(0 <= optimizer.warmup_steps,
            f'--warmup_steps={optimizer.warmup_steps} must be >= 0.')
   _require(data.train_crop in ('auto', 'inception', 'pad_crop', 'none'),
@@ -434,6 +443,7 @@ SOURCE_DECODES = ('after_select', 'pipeline')
 SELECTIONS = ('per_replica', 'global')
 PRECISIONS = ('float32', 'mixed_bfloat16')
 BN_STATISTICS = ('all', 'target')
+SOURCE_LOSS_SCALINGS = ('none', 'target_ratio')
 
 
 def _require(condition: Any, message: str) -> None:

@@ -131,6 +131,10 @@ _FIELDS = {
     'warmup_steps': ('optimizer', 'warmup_steps', 'Linear warm-up steps before cosine decay.'),
     'source_weight_normalization': ('optimizer', 'source_weight_normalization',
                                     'none (Eq. 1) | mean_one (official: kept weights mean 1).'),
+    'source_loss_scaling': ('optimizer', 'source_loss_scaling',
+                            'none (paper: Eq. 1 as is) | target_ratio (the source term times '
+                            'min(1, mean L_T / mean L_S) of the step, fading as the target '
+                            'fits).'),
 }
 
 _SECTIONS = {'': Config, 'data': DataConfig, 'model': ModelConfig, 'policy': PolicyConfig,

@@ -20,6 +20,7 @@ from l2tl_tf.policy import Actions, Policy
 
 # Metrics returned by `train_loop`, averaged over the loop's steps.
 METRIC_NAMES = ('loss/total', 'loss/source', 'loss/target', 'loss/weight_decay',
+                'loss/source_scale',
                 'policy/reward', 'policy/baseline', 'policy/advantage', 'policy/alpha',
                 'policy/mean_lambda_kept', 'learning_rate')
 
@@ -252,6 +253,7 @@ class Trainer:
     tensor compute, so it is what --jit_compile hands to XLA.
     """
     zero = tf.constant(0.0)
+    scale = tf.constant(1.0)
     with tf.GradientTape() as tape:
       source_loss = zero
       if source is not None:
@@ -261,13 +263,37 @@ class Trainer:
         source_loss = tf.nn.compute_average_loss(
             per_example * weights, global_batch_size=self.config.source_batch_size)
       target_loss = self._target_loss(target) if target is not None else zero
+      if source is not None and target is not None and (
+          self.config.optimizer.source_loss_scaling == 'target_ratio'):
+        scale = self._target_ratio(per_example, target_loss)
+        source_loss *= scale
       decay = self.config.optimizer.weight_decay * tf.add_n(
           [tf.nn.l2_loss(v) for v in self._decayed]) / self.strategy.num_replicas_in_sync
       total = source_loss + target_loss + decay
     variables = self.model.trainable_variables
     gradients = tape.gradient(total, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
-    return {'loss/source': source_loss, 'loss/target': target_loss, 'loss/weight_decay': decay}
+    return {'loss/source': source_loss, 'loss/target': target_loss, 'loss/weight_decay': decay,
+            # Summed over replicas like the losses, so each reports its share.
+            'loss/source_scale': scale / self.strategy.num_replicas_in_sync}
+
+  def _target_ratio(self, source_per_example, target_loss) -> tf.Tensor:
+    """min(1, mean L_T / mean L_S) over the step's global batches, a constant.
+
+    --source_loss_scaling=target_ratio. With 100 target images the target
+    loss nears zero within a few epochs, while a pretrained source head's
+    loss does not: the paper's alpha_s * L_S then dominates the late updates
+    whatever alpha_s the policy picks. Scaling by the loss ratio keeps Eq. 1
+    while the target is unfit (ratio >= 1 early) and hands the encoder to
+    the target as it fits. lambda and alpha_s are sampled, kept and rewarded
+    as before: the policy acts on what is left. Means are all-reduced, so
+    every replica applies the single-device factor.
+    """
+    source_mean = tf.reduce_sum(tf.stop_gradient(source_per_example)) / float(
+        self.config.source_batch_size)
+    means = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.stack([source_mean, tf.stop_gradient(target_loss)]))
+    return tf.minimum(1.0, tf.math.divide_no_nan(means[1], means[0]))
 
   def _source_logits(self, images, target_too: bool):
     """h_S(g(x)) in training mode, leaving the moving statistics to the target.

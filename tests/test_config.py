@@ -56,3 +56,12 @@ def test_alpha_credit_refuses_settings_it_cannot_use(tiny_data, tmp_path, policy
   config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, **policy))
   with pytest.raises(ValueError, match=message):
     config_lib.validate(config)
+
+
+def test_source_loss_scaling_names_the_choices(tiny_data, tmp_path):
+  config = tiny_config(tiny_data, tmp_path)
+  config = dataclasses.replace(config, optimizer=dataclasses.replace(
+      config.optimizer, source_loss_scaling='adaptive'))
+  with pytest.raises(ValueError, match="--source_loss_scaling='adaptive': use one of "
+                                       'none, target_ratio'):
+    config_lib.validate(config)

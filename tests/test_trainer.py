@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from conftest import QUIET_ENV, binary_command, tiny_config, tiny_flagfile
 from l2tl_tf import input_pipeline, models, runs, strategy as strategy_lib
-from l2tl_tf.config import ModelConfig
+from l2tl_tf.config import ModelConfig, OptimizerConfig
 from l2tl_tf.trainer import mean_auc, normalise_source_weights, select_top_weighted
 
 
@@ -82,24 +82,30 @@ def _run_steps(config, strategy, num_steps):
   return run, {k: float(v) for k, v in metrics.items()}, actions
 
 
-def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch, mirrored):
+@pytest.mark.parametrize('scaling', ['none', 'target_ratio'])
+def test_default_and_mirrored_steps_agree(tiny_data, tmp_path, monkeypatch, mirrored, scaling):
   """Two replicas on two logical CPUs reproduce the single-device update.
 
   M_S = 1 so that no top-B_S selection happens: per-replica selection picks the
   top of each replica's candidates, which differs from the global top by design.
+  With target_ratio scaling, both replicas must apply the global batch's factor.
   """
   monkeypatch.setitem(models.ENCODERS, 'dense_test', _dense_encoder)
   monkeypatch.setitem(models.MIN_IMAGE_SIZE, 'dense_test', 1)
   config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1,
-                       model=ModelConfig(backbone='dense_test'))
+                       model=ModelConfig(backbone='dense_test'),
+                       optimizer=OptimizerConfig(learning_rate=0.05, warmup_steps=1,
+                                                 source_loss_scaling=scaling))
   assert mirrored.num_replicas_in_sync == 2
   single_run, single_metrics, single_actions = _run_steps(config, tf.distribute.get_strategy(), 2)
   mirrored_run, mirrored_metrics, mirrored_actions = _run_steps(config, mirrored, 2)
 
   np.testing.assert_array_equal(single_actions.lambda_levels, mirrored_actions.lambda_levels)
   assert int(single_actions.alpha_level) == int(mirrored_actions.alpha_level)
-  for name in ('loss/source', 'loss/target', 'policy/reward', 'policy/baseline'):
+  for name in ('loss/source', 'loss/target', 'loss/source_scale', 'policy/reward',
+               'policy/baseline'):
     assert mirrored_metrics[name] == pytest.approx(single_metrics[name], rel=1e-4, abs=1e-6)
+  assert (single_metrics['loss/source_scale'] == 1.0) == (scaling == 'none')
   single_vars = single_run.model.trainable_variables
   mirrored_vars = mirrored_run.model.trainable_variables
   assert len(single_vars) == len(mirrored_vars)
@@ -166,14 +172,16 @@ def test_bfloat16_option_trains_with_float32_variables(tiny_data, tmp_path):
   assert int(run.trainer.step.numpy()) == 3
 
 
-@pytest.mark.parametrize('precision', ['float32', 'mixed_bfloat16'])
-def test_xla_option_trains_from_the_command_line(tiny_data, tmp_path, precision):
+# The bfloat16 case also compiles target_ratio's all-reduce of the step's losses.
+@pytest.mark.parametrize('precision, extra', [
+    ('float32', ()), ('mixed_bfloat16', ('--source_loss_scaling=target_ratio',))])
+def test_xla_option_trains_from_the_command_line(tiny_data, tmp_path, precision, extra):
   """--jit_compile trains (in a fresh process: op determinism, which other tests
   switch on for the whole process, has no XLA kernel for MaxPool's gradient)."""
   flagfile = tiny_flagfile(tiny_data, tmp_path / 'tiny.flags')
   result = subprocess.run(
       binary_command('train', f'--flagfile={flagfile}', '--mode=l2tl', '--jit_compile',
-                     f'--precision={precision}', f'--model_dir={tmp_path / "run"}'),
+                     f'--precision={precision}', *extra, f'--model_dir={tmp_path / "run"}'),
       env=QUIET_ENV, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Finished 4 steps' in result.stdout
@@ -277,3 +285,48 @@ def test_target_bn_statistics_leave_pretraining_alone(tiny_data, tmp_path):
   tf.function(run.trainer._model_step)(source, None)  # pylint: disable=protected-access
   after = [v.numpy() for v in run.model.encoder.non_trainable_variables]
   assert not all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def _one_model_step(config, source, target):
+  """Trainable variables and step outputs after one `_model_step` from a fixed init."""
+  keras.utils.set_random_seed(0)
+  run = runs.build(config, tf.distribute.get_strategy())
+  outputs = tf.function(run.trainer._model_step)(source, target)  # pylint: disable=protected-access
+  return [v.numpy() for v in run.model.trainable_variables], outputs
+
+
+def test_target_ratio_scaling_is_a_constant_factor_on_the_source_term(tiny_data, tmp_path):
+  """The step with target_ratio equals the paper's step with the kept weights times
+  min(1, mean L_T / mean L_S): the factor is measured on the step's own losses and
+  no gradient flows through it."""
+  rng = np.random.default_rng(1)
+  source_images = tf.constant(rng.random((4, 16, 16, 1)), tf.float32)
+  source_labels = tf.constant([0, 1, 2, 3], tf.int32)
+  weights = tf.constant([1.0, 0.5, 0.25, 0.0])
+  target = (tf.constant(rng.random((4, 16, 16, 1)), tf.float32),
+            tf.constant([0, 1, 2, 3], tf.int32))
+  base = tiny_config(tiny_data, tmp_path)
+  scaled_config = dataclasses.replace(base, optimizer=dataclasses.replace(
+      base.optimizer, source_loss_scaling='target_ratio'))
+
+  # The factor from the untouched model's own training-mode losses.
+  keras.utils.set_random_seed(0)
+  probe = runs.build(base, tf.distribute.get_strategy())
+  source_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      source_labels, probe.model.source_logits(source_images, training=True))
+  target_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      target[1], probe.model.target_logits(target[0], training=True))
+  expected = min(1.0, float(tf.reduce_mean(target_ce)) / float(tf.reduce_mean(source_ce)))
+
+  scaled, outputs = _one_model_step(scaled_config, (source_images, source_labels, weights),
+                                    target)
+  assert float(outputs['loss/source_scale']) == pytest.approx(expected, rel=1e-5)
+  # min(1, .) must bite somewhere: a high-loss source makes the factor < 1.
+  assert 0.0 < expected < 1.0
+  by_hand, plain_outputs = _one_model_step(
+      base, (source_images, source_labels, weights * expected), target)
+  assert float(plain_outputs['loss/source_scale']) == 1.0
+  assert float(outputs['loss/source']) == pytest.approx(float(plain_outputs['loss/source']),
+                                                        rel=1e-5)
+  for a, b in zip(scaled, by_hand):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
