@@ -187,6 +187,8 @@ METHODS = {method.name: method for method in (
                     Stage('datl', warm_start='datl_pretrain')),
            datl_weights_for='datl_pretrain'),
     Method('uniform', (Stage('uniform'),)),
+    # l2tl_ours' source-loss scaling on uniform weights: the scaling's share.
+    Method('uniform_ratio', (Stage('uniform_ratio'),)),
     Method('random', (Stage('random'),)),
     Method('oracle', (Stage('oracle', source='oracle'),), planted_only=True),
     Method('l2tl', (Stage('l2tl'),), ranks_sources=True),

@@ -91,8 +91,8 @@ def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
   accuracy.run_suite(bench)
   # One pretraining shared by all methods; DATL trains twice.
   assert sorted(trained.model_dirs) == sorted(
-      ['pretrain', 'scratch', 'finetune', 'datl_pretrain', 'datl', 'uniform', 'random',
-       'oracle', 'l2tl', 'l2tl_ours'])
+      ['pretrain', 'scratch', 'finetune', 'datl_pretrain', 'datl', 'uniform', 'uniform_ratio',
+       'random', 'oracle', 'l2tl', 'l2tl_ours'])
 
   jobs = accuracy.jobs(bench.suite)
   assert [job.method for job in jobs] == list(accuracy.METHODS)
