@@ -283,11 +283,11 @@ class Trainer:
     --source_loss_scaling=target_ratio. With 100 target images the target
     loss nears zero within a few epochs, while a pretrained source head's
     loss does not: the paper's alpha_s * L_S then dominates the late updates
-    whatever alpha_s the policy picks. Scaling by the loss ratio keeps Eq. 1
-    while the target is unfit (ratio >= 1 early) and hands the encoder to
-    the target as it fits. lambda and alpha_s are sampled, kept and rewarded
-    as before: the policy acts on what is left. Means are all-reduced, so
-    every replica applies the single-device factor.
+    whatever alpha_s the policy picks. Scaling by the loss ratio leaves Eq. 1
+    as is while the target loss is at least the source's, and shrinks the
+    source term as the target fits. lambda and alpha_s are sampled, kept and
+    rewarded as before: the policy acts on what is left. Means are
+    all-reduced, so every replica applies the single-device factor.
     """
     source_mean = tf.reduce_sum(tf.stop_gradient(source_per_example)) / float(
         self.config.source_batch_size)
