@@ -289,8 +289,8 @@ class Trainer:
     rewarded as before: the policy acts on what is left. Means are
     all-reduced, so every replica applies the single-device factor.
     """
-    source_mean = tf.reduce_sum(tf.stop_gradient(source_per_example)) / float(
-        self.config.source_batch_size)
+    source_mean = tf.nn.compute_average_loss(tf.stop_gradient(source_per_example),
+                                             global_batch_size=self.config.source_batch_size)
     means = tf.distribute.get_replica_context().all_reduce(
         tf.distribute.ReduceOp.SUM, tf.stack([source_mean, tf.stop_gradient(target_loss)]))
     return tf.minimum(1.0, tf.math.divide_no_nan(means[1], means[0]))
