@@ -61,3 +61,23 @@ def test_step_over_parts_is_paired_with_the_parts_timed_around_it():
   assert speed.per_round_ratios(samples, 'l2tl_inputs_in_memory') == pytest.approx(
       [1.02, 1.02, 123 / 115])
   assert speed.paired_ratio(samples, 'l2tl') == pytest.approx(1.05)
+
+
+def _while_parallel_iterations(loop_fn) -> list:
+  graph = loop_fn.get_concrete_function().graph
+  return [op.get_attr('parallel_iterations') for op in graph.get_operations()
+          if op.type in ('While', 'StatelessWhile')]
+
+
+@pytest.mark.parametrize('parallel', [1, 10])
+def test_sequential_loop_runs_every_pass_with_the_overlap_asked_for(parallel):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  calls = tf.Variable(0.0)
+
+  def one_pass():
+    return calls.assign_add(1.0)
+  loop_fn = speed.sequential_loop(one_pass, 7, parallel=parallel)
+  assert _while_parallel_iterations(loop_fn) == [parallel]
+  # 1 + 2 + ... + 7: each pass ran once, in order.
+  assert float(loop_fn()) == 28.0
+  assert float(calls.numpy()) == 7.0
