@@ -473,16 +473,28 @@ def _with_seeds(dataset, seed, batch_size, start_step):
   return tf.data.Dataset.zip((dataset, seeds)).skip(start_step * batch_size)
 
 
+# Seed batches computed per map call: one call's fixed op overhead is larger
+# than the Philox arithmetic of a batch, so the stream makes many at once.
+_SEED_BATCHES_PER_CALL = 32
+
+
 def _seed_batches(seed, batch_size, start_step):
   """`_with_seeds`'s seeds, a batch of int64 [batch_size, 2] at a time.
 
-  The same random stream cut 2 * batch_size values at a time: pairing a
-  batch of examples with one of these equals pairing each example with its
-  own seed, for none of the per-example work.
+  The values of `tf.data.Dataset.random(seed)` cut 2 * batch_size at a time
+  (pairing a batch of examples with one of these equals pairing each example
+  with its own seed), computed `_SEED_BATCHES_PER_CALL` batches at a time by
+  `stateless_draws.random_dataset_values` rather than drawn one element at a
+  time: the same values (tested) for a fraction of the CPU.
   """
-  values = tf.data.Dataset.random(seed=seed).skip(2 * start_step * batch_size)
-  return values.batch(2 * batch_size, drop_remainder=True).map(
-      lambda v: tf.reshape(v, [batch_size, 2]))
+  seed_pair = tf.compat.v1.get_seed(seed)  # as Dataset.random(seed) would take it, here
+  per_call, per_batch = _SEED_BATCHES_PER_CALL, 2 * batch_size
+
+  def batches(call):
+    first = (start_step + call * per_call) * per_batch
+    values = stateless_draws.random_dataset_values(seed_pair, first, per_call * per_batch)
+    return tf.reshape(values, [per_call, batch_size, 2])
+  return tf.data.Dataset.counter().map(batches).unbatch()
 
 
 def _augment_and_batch(dataset, data, seed, batch_size, start_step):

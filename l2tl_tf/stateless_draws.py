@@ -12,6 +12,10 @@ with elementwise ops over the batch, they are bit-identical to TF's kernels
 (tests compare them on hundreds of seeds, the int64 extremes among them) for
 a fixed number of ops per batch, whatever its size.
 
+`random_dataset_values` does the same for `tf.data.Dataset.random`, whose
+per-element stream cost the input pipelines more CPU per step than any other
+piece of their seed handling.
+
 32-bit words travel as uint64 holding values below 2^32, so a 32x32-bit
 product is exact and its high and low halves are a shift and a mask.
 """
@@ -125,3 +129,36 @@ def below_half(block: tuple) -> tf.Tensor:
   float is below 0.5 exactly when bit 22 of the first word is clear.
   """
   return tf.bitwise.bitwise_and(block[0], _u64(1 << 22)) == _u64(0)
+
+
+def random_dataset_values(seed_pair: tuple, start: tf.Tensor, count: int) -> tf.Tensor:
+  """Elements start .. start + count - 1 of `tf.data.Dataset.random(seed)`.
+
+  Dataset.random takes (seed, seed2) = `tf.compat.v1.get_seed(seed)` when it
+  is built (so it follows a global seed, if one is set) and yields the 32-bit
+  words of Philox-4x32-10 keyed by `seed`, with the counter (block index,
+  seed2), four per block in order, each as an int64.
+
+  Args:
+    seed_pair: `tf.compat.v1.get_seed(seed)`, taken where the Dataset.random
+      it stands for would have been built.
+    start: int64 scalar, the first element's position in the stream.
+    count: how many elements.
+
+  Returns:
+    int64 [count], each in [0, 2^32).
+  """
+  seed, seed2 = (int(value) for value in seed_pair)
+  start = tf.cast(start, tf.int64)
+  offset = start % 4
+  blocks = count // 4 + 2  # enough whatever the offset
+  index = tf.cast(start // 4 + tf.range(blocks, dtype=tf.int64), tf.uint64)
+  mask, shift = _u64(_MASK), _u64(32)
+
+  def fill(word):
+    return tf.fill([blocks], _u64(word))
+  counter = (tf.bitwise.bitwise_and(index, mask), tf.bitwise.right_shift(index, shift),
+             fill(seed2 & _MASK), fill((seed2 >> 32) & _MASK))
+  words = tf.reshape(tf.stack(_philox(counter, (fill(seed & _MASK), fill((seed >> 32) & _MASK))),
+                              axis=1), [-1])
+  return tf.cast(words[offset:offset + count], tf.int64)

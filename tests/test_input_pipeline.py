@@ -161,6 +161,23 @@ def test_in_memory_target_stream_equals_decoding_each_image(tiny_data, tmp_path,
     np.testing.assert_array_equal(labels, decoded_labels)
 
 
+@pytest.mark.parametrize('global_seed', [None, 3])
+@pytest.mark.parametrize('batch_size, start_step', [(3, 0), (3, 5), (64, 2)])
+def test_seed_batches_equal_dataset_random_cut_into_batches(batch_size, start_step,
+                                                            global_seed):
+  """The computed seed batches are Dataset.random's values, as the loop's global seed sets them."""
+  try:
+    tf.random.set_seed(global_seed)
+    values = tf.data.Dataset.random(seed=11).skip(2 * start_step * batch_size)
+    expected = list(values.batch(2 * batch_size).take(4).as_numpy_iterator())
+    batches = list(input_pipeline._seed_batches(11, batch_size, start_step).take(4))
+  finally:
+    tf.random.set_seed(None)
+  for batch, want in zip(batches, expected, strict=True):
+    assert batch.shape == (batch_size, 2) and batch.dtype == tf.int64
+    np.testing.assert_array_equal(batch.numpy().reshape(-1), want)
+
+
 def test_parallel_reads_keep_the_record_order(tiny_data, tmp_path, monkeypatch):
   """Remote files are read in parallel, local ones in sequence: same stream."""
   config = tiny_config(tiny_data, tmp_path)

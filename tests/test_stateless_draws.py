@@ -60,3 +60,39 @@ def test_draws_work_inside_a_traced_function_with_an_unknown_batch(seeds):
     return stateless_draws.split_in_two(batch)[1]
   np.testing.assert_array_equal(split(tf.constant(seeds)),
                                 stateless_draws.split_in_two(tf.constant(seeds))[1])
+
+
+def _dataset_random(seed: int, start: int, count: int) -> np.ndarray:
+  values = tf.data.Dataset.random(seed=seed).skip(start).take(count)
+  return np.array(list(values.as_numpy_iterator()), np.int64)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 123, 2**31 - 2, 2**40 + 5])
+@pytest.mark.parametrize('start, count', [(0, 4), (0, 128), (1, 6), (3, 7), (1001, 130)])
+def test_random_dataset_values_equal_dataset_random(seed, start, count):
+  expected = _dataset_random(seed, start, count)
+  values = stateless_draws.random_dataset_values(tf.compat.v1.get_seed(seed), start, count)
+  np.testing.assert_array_equal(values.numpy(), expected)
+
+
+def test_random_dataset_values_follow_a_global_seed():
+  try:
+    tf.random.set_seed(77)
+    expected = _dataset_random(5, 10, 40)
+    values = stateless_draws.random_dataset_values(tf.compat.v1.get_seed(5), 10, 40)
+  finally:
+    tf.random.set_seed(None)
+  np.testing.assert_array_equal(values.numpy(), expected)
+  # Without the global seed the stream differs: the global seed is really in the key.
+  assert not np.array_equal(_dataset_random(5, 10, 40), expected)
+
+
+def test_random_dataset_values_inside_a_traced_function():
+  seed_pair = tf.compat.v1.get_seed(9)
+
+  @tf.function
+  def draw(start):
+    return stateless_draws.random_dataset_values(seed_pair, start, 10)
+  for start in (0, 2, 37):
+    np.testing.assert_array_equal(draw(tf.constant(start, tf.int64)).numpy(),
+                                  _dataset_random(9, start, 10))
