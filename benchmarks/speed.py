@@ -189,9 +189,8 @@ def _part_timers(config: Config, run: runs.Run) -> dict:
 def sequential_loop(fn: Callable[[], tf.Tensor], n: int, parallel: int = 1):
   """A tf.function running `fn` n times, at most `parallel` passes at once.
 
-  The step's reward pass waits for the update it scores, and the next
-  update waits for nothing from the reward pass but its own inputs; it never
-  runs two reward passes at once. A tf.while_loop runs up to 10 iterations
+  The step runs one reward pass at a time: each scores the update just
+  made. A tf.while_loop runs up to 10 iterations
   in parallel by default, and reward passes on fixed inputs do not depend on
   each other, so a default loop overlaps them: measured here 4-6% less time
   per pass than one at a time (BUILD_NOTES.md, "Speed benchmark"). Training
@@ -358,7 +357,7 @@ def format_table(results: dict) -> str:
 
 
 def overlapped_lines(results: dict) -> str:
-  """L2TL / parts had the reward part let independent passes overlap (`sequential_loop`)."""
+  """L2TL / parts with the reward passes overlapping, as the benchmark first timed them."""
   return '\n'.join(
       f"- {name}: L2TL / parts with the reward part timed overlapped "
       f"{r['ms']['part_reward_overlapped']:.1f} ms instead of {r['ms']['part_reward']:.1f}: "
