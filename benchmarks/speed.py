@@ -151,7 +151,7 @@ def _part_timers(config: Config, run: runs.Run) -> dict:
 
   Timed on the L2TL step's own model (`run`), so a ratio of the step to its
   parts compares the same variables and buffers, not two model instances.
-  Each part runs one pass at a time (`sequential_loop`), as in the step;
+  Each part runs one pass at a time (`pass_loop`), as in the step;
   `part_reward_overlapped` times the reward pass the way a plain loop would
   run it, letting independent passes overlap, for the record.
   """
@@ -181,20 +181,20 @@ def _part_timers(config: Config, run: runs.Run) -> dict:
       float(fn())
       return (time.perf_counter() - started) / n
     return time_it
-  return {'part_train': timer(sequential_loop(train_pass, n)),
-          'part_reward': timer(sequential_loop(reward_pass, n)),
-          'part_reward_overlapped': timer(sequential_loop(reward_pass, n, parallel=10))}
+  return {'part_train': timer(pass_loop(train_pass, n)),
+          'part_reward': timer(pass_loop(reward_pass, n)),
+          'part_reward_overlapped': timer(pass_loop(reward_pass, n, parallel=10))}
 
 
-def sequential_loop(fn: Callable[[], tf.Tensor], n: int, parallel: int = 1):
+def pass_loop(fn: Callable[[], tf.Tensor], n: int, parallel: int = 1):
   """A tf.function running `fn` n times, at most `parallel` passes at once.
 
-  The step runs one reward pass at a time: each scores the update just
-  made. A tf.while_loop runs up to 10 iterations
-  in parallel by default, and reward passes on fixed inputs do not depend on
-  each other, so a default loop overlaps them: measured here 4-6% less time
-  per pass than one at a time (BUILD_NOTES.md, "Speed benchmark"). Training
-  passes are chained through the variables they update either way.
+  The step runs one reward pass at a time: each scores the update just made.
+  A tf.while_loop runs up to 10 iterations at once by default, and reward
+  passes on fixed inputs do not depend on each other, so a default loop
+  overlaps them: measured here 4-6% less time per pass than one at a time
+  (BUILD_NOTES.md, "Speed benchmark"). Training passes are chained through
+  the variables they update either way.
   """
   @tf.function
   def loop_fn():

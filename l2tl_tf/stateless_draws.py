@@ -152,13 +152,11 @@ def random_dataset_values(seed_pair: tuple, start: tf.Tensor, count: int) -> tf.
   start = tf.cast(start, tf.int64)
   offset = start % 4
   blocks = count // 4 + 2  # enough whatever the offset
-  index = tf.cast(start // 4 + tf.range(blocks, dtype=tf.int64), tf.uint64)
-  mask, shift = _u64(_MASK), _u64(32)
+  index_low, index_high = _words(start // 4 + tf.range(blocks, dtype=tf.int64))
 
   def fill(word):
     return tf.fill([blocks], _u64(word))
-  counter = (tf.bitwise.bitwise_and(index, mask), tf.bitwise.right_shift(index, shift),
-             fill(seed2 & _MASK), fill((seed2 >> 32) & _MASK))
+  counter = (index_low, index_high, fill(seed2 & _MASK), fill((seed2 >> 32) & _MASK))
   words = tf.reshape(tf.stack(_philox(counter, (fill(seed & _MASK), fill((seed >> 32) & _MASK))),
                               axis=1), [-1])
   return tf.cast(words[offset:offset + count], tf.int64)

@@ -70,13 +70,13 @@ def _while_parallel_iterations(loop_fn) -> list:
 
 
 @pytest.mark.parametrize('parallel', [1, 10])
-def test_sequential_loop_runs_every_pass_with_the_overlap_asked_for(parallel):
+def test_pass_loop_runs_every_pass_with_the_overlap_asked_for(parallel):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   calls = tf.Variable(0.0)
 
   def one_pass():
     return calls.assign_add(1.0)
-  loop_fn = speed.sequential_loop(one_pass, 7, parallel=parallel)
+  loop_fn = speed.pass_loop(one_pass, 7, parallel=parallel)
   assert _while_parallel_iterations(loop_fn) == [parallel]
   # 1 + 2 + ... + 7: each pass ran once, in order.
   assert float(loop_fn()) == 28.0
