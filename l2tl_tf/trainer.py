@@ -362,12 +362,27 @@ class Trainer:
     return credit
 
   def _ncm_logits(self, val_images, target_batch):
-    """Nearest-class-mean logits: scaled cosine to the target batch's class means."""
+    """Nearest-class-mean logits: scaled cosine to the target batch's class means.
+
+    The means are over the global target batch. With several replicas each
+    holds B_T / R examples, so its own means would miss classes and differ by
+    replica; per-class sums and counts are summed across replicas instead
+    (all_reduce passes gradients back the same way, so the validation
+    gradient still matches one device's).
+    """
     target_images, target_labels = target_batch
     num_classes = self.config.data.target_num_classes
     features = tf.math.l2_normalize(self.model.encoder(target_images, training=False), -1)
-    means = tf.math.l2_normalize(
-        tf.math.unsorted_segment_mean(features, target_labels, num_classes), -1)
+    context = tf.distribute.get_replica_context()
+    if context is not None and self.strategy.num_replicas_in_sync > 1:
+      sums, counts = context.all_reduce(tf.distribute.ReduceOp.SUM, [
+          tf.math.unsorted_segment_sum(features, target_labels, num_classes),
+          tf.math.unsorted_segment_sum(tf.ones_like(features[:, :1]), target_labels,
+                                       num_classes)])
+      means = tf.math.divide_no_nan(sums, counts)
+    else:
+      means = tf.math.unsorted_segment_mean(features, target_labels, num_classes)
+    means = tf.math.l2_normalize(means, -1)
     val_features = tf.math.l2_normalize(self.model.encoder(val_images, training=False), -1)
     return self.config.policy.credit_ncm_scale * tf.matmul(val_features, means,
                                                            transpose_b=True)

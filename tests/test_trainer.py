@@ -217,6 +217,31 @@ def test_first_order_credit_runs_and_moves_only_candidate_classes(tiny_data, tmp
   assert np.all(np.isfinite(logits)) and not np.allclose(logits, 0.0)
 
 
+@pytest.mark.parametrize('signal', ['ce', 'ncm'])
+def test_first_order_credit_default_and_mirrored_agree(tiny_data, tmp_path, monkeypatch, mirrored,
+                                                       signal):
+  """Two replicas give every class the credit one device gives it.
+
+  For 'ncm' that needs the class means of the whole global target batch: each
+  replica's own half holds only some of the classes, with fewer examples each.
+  """
+  monkeypatch.setitem(models.ENCODERS, 'dense_test', _dense_encoder)
+  monkeypatch.setitem(models.MIN_IMAGE_SIZE, 'dense_test', 1)
+  config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1,
+                       model=ModelConfig(backbone='dense_test'),
+                       optimizer=OptimizerConfig(learning_rate=0.05, warmup_steps=1))
+  config = dataclasses.replace(config, policy=dataclasses.replace(
+      config.policy, lambda_credit='first_order', credit_signal=signal,
+      credit_estimator='expected', credit_optimizer='sgd', credit_learning_rate=0.1))
+  single_run, _, _ = _run_steps(config, tf.distribute.get_strategy(), 2)
+  mirrored_run, _, _ = _run_steps(config, mirrored, 2)
+  single = single_run.policy.lambda_logits.numpy()
+  assert not np.allclose(single, 0.0)
+  np.testing.assert_allclose(mirrored_run.policy.lambda_logits.numpy(), single, atol=1e-5)
+  for a, b in zip(single_run.model.trainable_variables, mirrored_run.model.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.name)
+
+
 @pytest.mark.parametrize('strategy_name', ['default', 'mirrored'])
 def test_first_order_alpha_credit_moves_alpha_by_natural_gradient_steps(tiny_data, tmp_path,
                                                                        mirrored, strategy_name):
