@@ -217,10 +217,12 @@ def test_first_order_credit_runs_and_moves_only_candidate_classes(tiny_data, tmp
   assert np.all(np.isfinite(logits)) and not np.allclose(logits, 0.0)
 
 
-@pytest.mark.parametrize('signal', ['ce', 'ncm'])
+@pytest.mark.parametrize('signal, alpha_credit', [('ce', 'reward'), ('ncm', 'reward'),
+                                                  ('ncm', 'first_order')])
 def test_first_order_credit_default_and_mirrored_agree(tiny_data, tmp_path, monkeypatch, mirrored,
-                                                       signal):
-  """Two replicas give every class the credit one device gives it.
+                                                       signal, alpha_credit):
+  """Two replicas give every class (and alpha_s, with first-order alpha
+  credit) the credit one device gives it.
 
   For 'ncm' that needs the class means of the whole global target batch: each
   replica's own half holds only some of the classes, with fewer examples each.
@@ -232,12 +234,17 @@ def test_first_order_credit_default_and_mirrored_agree(tiny_data, tmp_path, monk
                        optimizer=OptimizerConfig(learning_rate=0.05, warmup_steps=1))
   config = dataclasses.replace(config, policy=dataclasses.replace(
       config.policy, lambda_credit='first_order', credit_signal=signal,
-      credit_estimator='expected', credit_optimizer='sgd', credit_learning_rate=0.1))
+      alpha_credit=alpha_credit, credit_estimator='expected', credit_optimizer='sgd',
+      credit_learning_rate=0.1))
   single_run, _, _ = _run_steps(config, tf.distribute.get_strategy(), 2)
   mirrored_run, _, _ = _run_steps(config, mirrored, 2)
-  single = single_run.policy.lambda_logits.numpy()
-  assert not np.allclose(single, 0.0)
-  np.testing.assert_allclose(mirrored_run.policy.lambda_logits.numpy(), single, atol=1e-5)
+  moved = ['lambda_logits'] + (['alpha_logits'] if alpha_credit == 'first_order' else [])
+  for name in ('lambda_logits', 'alpha_logits'):
+    single = getattr(single_run.policy, name).numpy()
+    if name in moved:
+      assert not np.allclose(single, 0.0), name
+    np.testing.assert_allclose(getattr(mirrored_run.policy, name).numpy(), single, atol=1e-5,
+                               err_msg=name)
   for a, b in zip(single_run.model.trainable_variables, mirrored_run.model.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.name)
 
