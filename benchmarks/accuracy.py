@@ -484,13 +484,54 @@ def source_ranking(ranked: Sequence[ranking.RankedClass], planted_ids: Sequence[
 
 
 def run_suite(bench: Bench) -> None:
-  """Runs every unfinished job of the suite, building scenarios as needed."""
+  """Runs every unfinished job of the suite, building scenarios as needed.
+
+  Logs where it stands, so a multi-hour suite can be watched: at the start,
+  how many runs are finished; after each job, its place in the suite, its
+  test top-1 and seconds, and the estimated time left (`time_left`).
+  """
+  suite_jobs = jobs(bench.suite)
+  finished_before = finished_records(bench)
+  done = {record_key(record) for record in finished_before}
+  seconds: dict[str, list[float]] = {}
+  for record in finished_before:
+    seconds.setdefault(record['method'], []).append(record['seconds'])
+  left = time_left(suite_jobs, seconds, done)
+  bench.log(f'{len(suite_jobs)} runs, {len(done)} finished before'
+            + (f'; about {left / 60:.0f} min to go.' if seconds else '.'))
   scenarios = {}
-  for job in jobs(bench.suite):
+  for index, job in enumerate(suite_jobs, start=1):
     cell = (job.scenario, job.split)
     if cell not in scenarios:
       scenarios[cell] = scenario_info(bench, job.scenario, job.split)
-    run_job(bench, job, scenarios[cell])
+    record = run_job(bench, job, scenarios[cell])
+    line = (f'[{index}/{len(suite_jobs)}] {job.key}: test top-1 '
+            f'{100 * record["test_top1"]:.1f} ({record["seconds"]:.0f} s')
+    if job.key in done:
+      line += ', finished before)'
+    else:
+      done.add(job.key)
+      seconds.setdefault(job.method, []).append(record['seconds'])
+      line += f'); about {time_left(suite_jobs[index:], seconds, done) / 60:.0f} min left'
+    bench.log(line + '.')
+
+
+def record_key(record: Mapping[str, Any]) -> str:
+  """The key of the job a run record belongs to."""
+  return Job(*(record[field.name] for field in dataclasses.fields(Job))).key
+
+
+def time_left(remaining: Sequence[Job], seconds: Mapping[str, Sequence[float]],
+              done: set[str]) -> float:
+  """Estimated seconds for the jobs in `remaining` that are not in `done`.
+
+  Each at the mean time of its method's finished runs (the mean over methods
+  for a method with none yet). Pretrainings still to train are not counted:
+  an estimate to watch, not a promise.
+  """
+  means = {method: float(np.mean(values)) for method, values in seconds.items() if values}
+  fallback = float(np.mean(list(means.values()))) if means else 0.0
+  return sum(means.get(job.method, fallback) for job in remaining if job.key not in done)
 
 
 def finished_records(bench: Bench) -> list[dict]:

@@ -85,10 +85,25 @@ class _CountingTrain:
     monkeypatch.setattr(accuracy, 'train', counting)
 
 
+def _progress(lines):
+  """The runner's own progress lines among everything it logged."""
+  return [line for line in lines if line.startswith('[') or ' finished before' in line]
+
+
 def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
-  bench = _bench(tmp_path, raw, _tiny_suite())
+  lines = []
+  bench = dataclasses.replace(_bench(tmp_path, raw, _tiny_suite()), log=lines.append)
   trained = _CountingTrain(monkeypatch)
   accuracy.run_suite(bench)
+  num_jobs = len(accuracy.METHODS)
+  progress = _progress(lines)
+  assert progress[0] == f'{num_jobs} runs, 0 finished before.'
+  assert len(progress) == num_jobs + 1
+  for index, (line, method) in enumerate(zip(progress[1:], accuracy.METHODS), start=1):
+    assert line.startswith(f'[{index}/{num_jobs}] digits-planted/split0/seed0/k2/{method}: '
+                           'test top-1 '), line
+    assert line.endswith(' min left.') and 'finished before' not in line, line
+  assert progress[-1].endswith('about 0 min left.')
   # One pretraining shared by all methods; DATL trains twice.
   assert sorted(trained.model_dirs) == sorted(
       ['pretrain', 'scratch', 'finetune', 'datl_pretrain', 'datl', 'uniform', 'uniform_ratio',
@@ -118,8 +133,12 @@ def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
 
   # A rerun trains nothing and rewrites no result.
   trained.model_dirs.clear()
+  lines.clear()
   accuracy.run_suite(bench)
   assert not trained.model_dirs
+  progress = _progress(lines)
+  assert progress[0] == f'{num_jobs} runs, {num_jobs} finished before; about 0 min to go.'
+  assert all(line.endswith('finished before).') for line in progress[1:])
   assert [os.path.getmtime(path) for path in paths] == mtimes
 
   # Reports: a table row per method, planted ranks, the plots.
@@ -144,6 +163,17 @@ def test_suite_runs_writes_results_and_resumes(tmp_path, raw, monkeypatch):
       methods=('finetune',), transfer=dataclasses.replace(bench.suite.transfer, train_steps=6)))
   accuracy.run_suite(changed)
   assert trained.model_dirs == ['finetune']
+
+
+def test_time_left_counts_unfinished_jobs_at_their_methods_mean():
+  jobs = [accuracy.Job('digits', 0, 0, 10, method)
+          for method in ('finetune', 'finetune', 'l2tl', 'scratch')]
+  seconds = {'finetune': [10.0, 20.0], 'l2tl': [60.0]}
+  assert accuracy.time_left(jobs, seconds, set()) == pytest.approx(15 + 15 + 60 + 37.5)
+  assert accuracy.time_left(jobs, seconds, {jobs[2].key}) == pytest.approx(15 + 15 + 37.5)
+  assert accuracy.time_left(jobs, {}, set()) == 0.0
+  record = {**dataclasses.asdict(jobs[2]), 'test_top1': 0.9}
+  assert accuracy.record_key(record) == jobs[2].key
 
 
 def test_planted_ranks():
