@@ -457,20 +457,36 @@ def check_batches(config: Config, num_replicas: int) -> None:
     _per_replica_batch(global_batch, context, what)
 
 
+def _local_replicas(input_context) -> int:
+  """How many replicas one input pipeline feeds: it yields that many batches a step."""
+  if not input_context:
+    return 1
+  return input_context.num_replicas_in_sync // input_context.num_input_pipelines
+
+
+def _batches_before(start_step: int, input_context) -> int:
+  """Per-replica batches a pipeline has yielded before `start_step`.
+
+  A resumed stream skips these: one pipeline feeding R/P replicas (all of
+  them under MirroredStrategy or TPUStrategy) yields R/P batches per step.
+  """
+  return start_step * _local_replicas(input_context)
+
+
 def _pipeline_seed(seed: int, stream: int, input_context) -> int:
   pipeline = input_context.input_pipeline_id if input_context else 0
   return int(np.random.default_rng([seed, stream, pipeline]).integers(2**31 - 1))
 
 
-def _with_seeds(dataset, seed, batch_size, start_step):
-  """Pairs each example with its stateless augmentation seed, skipping to start_step.
+def _with_seeds(dataset, seed, batch_size, start_batch):
+  """Pairs each example with its stateless augmentation seed, skipping `start_batch` batches.
 
-  The stream before decoding is a pure function of the seed, so resuming at
-  `start_step` skips that many batches of records (read, never decoded) and
-  continues exactly where an uninterrupted run would be.
+  The stream before decoding is a pure function of the seed, so resuming
+  skips the batches already yielded (`_batches_before`; read, never decoded)
+  and continues exactly where an uninterrupted run would be.
   """
   seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-  return tf.data.Dataset.zip((dataset, seeds)).skip(start_step * batch_size)
+  return tf.data.Dataset.zip((dataset, seeds)).skip(start_batch * batch_size)
 
 
 # Seed batches computed per map call: one call's fixed op overhead is larger
@@ -478,7 +494,7 @@ def _with_seeds(dataset, seed, batch_size, start_step):
 _SEED_BATCHES_PER_CALL = 32
 
 
-def _seed_batches(seed, batch_size, start_step):
+def _seed_batches(seed, batch_size, start_batch):
   """`_with_seeds`'s seeds, a batch of int64 [batch_size, 2] at a time.
 
   The values of `tf.data.Dataset.random(seed)` cut 2 * batch_size at a time
@@ -491,15 +507,15 @@ def _seed_batches(seed, batch_size, start_step):
   per_call, per_batch = _SEED_BATCHES_PER_CALL, 2 * batch_size
 
   def batches(call):
-    first = (start_step + call * per_call) * per_batch
+    first = (start_batch + call * per_call) * per_batch
     values = stateless_draws.random_dataset_values(seed_pair, first, per_call * per_batch)
     return tf.reshape(values, [per_call, batch_size, 2])
   return tf.data.Dataset.counter().map(batches).unbatch()
 
 
-def _augment_and_batch(dataset, data, seed, batch_size, start_step):
+def _augment_and_batch(dataset, data, seed, batch_size, start_batch):
   """Decodes, augments with per-example stateless seeds, batches."""
-  dataset = _with_seeds(dataset, seed, batch_size, start_step).map(
+  dataset = _with_seeds(dataset, seed, batch_size, start_batch).map(
       lambda example, s: (preprocess_train(decode_image(example[0], data.num_channels), s, data),
                           example[1]),
       num_parallel_calls=AUTOTUNE)
@@ -551,20 +567,22 @@ def source_dataset(config: Config, input_context=None, start_step: int = 0) -> t
     seed = _pipeline_seed(config.seed, 1, input_context)
     batch = _per_replica_batch(config.source_candidate_batch_size, input_context, 'source')
     context = input_context
+  # Global selection yields one global batch per step (repeated below).
+  start = start_step if global_selection else _batches_before(start_step, input_context)
   if config.decodes_after_select and not parse_spec(data.source_train).is_tfds:
-    dataset = _encoded_candidates(config, context, seed, batch, start_step)
+    dataset = _encoded_candidates(config, context, seed, batch, start)
   else:
     dataset = raw_dataset(data.source_train, data, data.source_label_offset,
                           context, shuffle_files_seed=seed,
                           num_classes=data.source_num_classes)
     dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed)
     if not config.decodes_after_select:
-      return _augment_and_batch(dataset, data, seed, batch, start_step)
-    dataset = _with_seeds(dataset, seed, batch, start_step).map(
+      return _augment_and_batch(dataset, data, seed, batch, start)
+    dataset = _with_seeds(dataset, seed, batch, start).map(
         lambda example, s: (example[0], example[1], s))
     dataset = dataset.batch(batch, drop_remainder=True)
   if global_selection and input_context:
-    local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    local_replicas = _local_replicas(input_context)
     _per_replica_batch(config.source_batch_size, input_context, 'kept source')
     dataset = dataset.flat_map(
         lambda *batch_: tf.data.Dataset.from_tensors(batch_).repeat(local_replicas))
@@ -572,7 +590,7 @@ def source_dataset(config: Config, input_context=None, start_step: int = 0) -> t
 
 
 def _encoded_candidates(config: Config, input_context, seed: int, batch: int,
-                        start_step: int) -> tf.data.Dataset:
+                        start_batch: int) -> tf.data.Dataset:
   """Batches of (encoded, labels, seeds) from TFRecords, parsed a batch at a time.
 
   Nothing per record but the shuffle: records stay serialized through it,
@@ -583,9 +601,9 @@ def _encoded_candidates(config: Config, input_context, seed: int, batch: int,
   """
   data = config.data
   dataset = _serialized_records(data.source_train, input_context, seed)
-  dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed).skip(start_step * batch)
+  dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed).skip(start_batch * batch)
   dataset = tf.data.Dataset.zip(dataset.batch(batch, drop_remainder=True),
-                                _seed_batches(seed, batch, start_step))
+                                _seed_batches(seed, batch, start_batch))
 
   def parse(serialized, seeds):
     parsed = tf.io.parse_example(serialized, records.FEATURE_SPEC)
@@ -617,10 +635,11 @@ def target_train_dataset(config: Config, subsets: TargetSubsets,
     dataset = dataset.shard(pipelines, pipeline_id)
   buffer = max(len(subsets.train_indices), 1)
   shard_size = len(range(pipeline_id, len(subsets.train_indices), pipelines))
+  start = _batches_before(start_step, input_context)
   if shard_size and _resized_target_fits(config, len(subsets.train_indices)):
-    return _resized_target_batches(dataset, shard_size, buffer, data, seed, batch, start_step)
+    return _resized_target_batches(dataset, shard_size, buffer, data, seed, batch, start)
   dataset = dataset.cache().repeat().shuffle(buffer, seed=seed)
-  return _augment_and_batch(dataset, data, seed, batch, start_step)
+  return _augment_and_batch(dataset, data, seed, batch, start)
 
 
 # The most memory the target-train subset's resized float32 images may take
@@ -634,7 +653,7 @@ def _resized_target_fits(config: Config, num_examples: int) -> bool:
   return resolved_crop(data) != 'inception' and size <= TARGET_IN_MEMORY_BYTES
 
 
-def _resized_target_batches(dataset, num_examples, buffer, data, seed, batch, start_step):
+def _resized_target_batches(dataset, num_examples, buffer, data, seed, batch, start_batch):
   """The target stream from one in-memory tensor of resized images.
 
   A shuffle's order depends only on its seed, buffer and element count, so
@@ -647,12 +666,12 @@ def _resized_target_batches(dataset, num_examples, buffer, data, seed, batch, st
       resize_for_training(decode_image(image, data.num_channels), data), label))
   table = table.batch(num_examples).cache().repeat()
   positions = tf.data.Dataset.range(num_examples).repeat().shuffle(buffer, seed=seed)
-  positions = positions.skip(start_step * batch).batch(batch, drop_remainder=True)
+  positions = positions.skip(start_batch * batch).batch(batch, drop_remainder=True)
 
   def gather(examples, chosen, seeds):
     images, labels = examples
     return augment_batch(tf.gather(images, chosen), seeds, data), tf.gather(labels, chosen)
-  dataset = tf.data.Dataset.zip(table, positions, _seed_batches(seed, batch, start_step))
+  dataset = tf.data.Dataset.zip(table, positions, _seed_batches(seed, batch, start_batch))
   dataset = dataset.map(gather, num_parallel_calls=AUTOTUNE)
   return dataset.prefetch(AUTOTUNE)
 
@@ -683,7 +702,8 @@ def reward_dataset(config: Config, subsets: TargetSubsets,
   dataset = reward_examples(config, subsets)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  dataset = dataset.cache().repeat().shuffle(10_000, seed=seed).skip(start_step * batch)
+  dataset = dataset.cache().repeat().shuffle(10_000, seed=seed).skip(
+      _batches_before(start_step, input_context) * batch)
   return dataset.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -139,6 +139,43 @@ def test_decoding_after_selection_gives_the_pipeline_images(tiny_data, tmp_path)
   np.testing.assert_array_equal(tf.gather(labels, chosen), tf.gather(decoded_labels, chosen))
 
 
+STREAM_CASES = {
+    'source, per-replica selection': (
+        dict(selection='per_replica'),
+        lambda config, subsets, context, start: input_pipeline.source_dataset(
+            config, context, start)),
+    'source, decoded in tf.data': (
+        dict(source_decode='pipeline', selection='per_replica'),
+        lambda config, subsets, context, start: input_pipeline.source_dataset(
+            config, context, start)),
+    'source, global selection': (
+        dict(selection='global'),
+        lambda config, subsets, context, start: input_pipeline.source_dataset(
+            config, context, start)),
+    'target': ({}, lambda config, subsets, context, start: input_pipeline.target_train_dataset(
+        config, subsets, context, start)),
+    'reward': ({}, lambda config, subsets, context, start: input_pipeline.reward_dataset(
+        config, subsets, context, start)),
+}
+
+
+@pytest.mark.parametrize('case', list(STREAM_CASES))
+def test_a_resumed_pipeline_feeding_two_replicas_continues_where_it_stood(tiny_data, tmp_path,
+                                                                         case):
+  """One pipeline feeding two replicas (MirroredStrategy, TPUStrategy) yields two
+  batches a step, so resuming at step s must skip 2s batches, not s."""
+  changes, make = STREAM_CASES[case]
+  config = tiny_config(tiny_data, tmp_path, **changes)
+  subsets = input_pipeline.target_subsets(config)
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  uninterrupted = list(make(config, subsets, context, 0).take(6))  # steps 0-2, 2 batches each
+  resumed = list(make(config, subsets, context, 2).take(2))  # step 2
+  for fresh, again in zip(uninterrupted[4:], resumed, strict=True):
+    for x, y in zip(fresh, again, strict=True):
+      np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize('pipelines', [1, 2])
 def test_in_memory_target_stream_equals_decoding_each_image(tiny_data, tmp_path, monkeypatch,
                                                             pipelines):

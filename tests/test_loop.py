@@ -183,16 +183,27 @@ def all_state(model_dir):
   return [v.numpy() for v in variables + list(run.policy.optimizer.variables)]
 
 
+@pytest.mark.parametrize('strategy_name, selection', [('default', 'global'),
+                                                      ('mirrored', 'global'),
+                                                      ('mirrored', 'per_replica')])
 def test_a_run_that_crashed_resumes_to_the_uninterrupted_result(tiny_data, pretrained,
-                                                                tmp_path):
-  """Streams skip to the restored step and actions are keyed by step: exact resume."""
+                                                                tmp_path, mirrored,
+                                                                strategy_name, selection):
+  """Streams skip to the restored step and actions are keyed by step: exact resume.
+
+  Under two replicas too: one pipeline then yields two batches a step, and
+  the replicas' BatchNorm moving statistics must be one copy for the
+  checkpoint to hold the whole state.
+  """
   tf.config.experimental.enable_op_determinism()
-  full = tiny_config(tiny_data, tmp_path / 'full', warm_start_from=pretrained)
-  loop.run_training(full, log=lambda _: None)
+  strategy = mirrored if strategy_name == 'mirrored' else None
+  full = tiny_config(tiny_data, tmp_path / 'full', warm_start_from=pretrained,
+                     selection=selection)
+  loop.run_training(full, strategy=strategy, log=lambda _: None)
   crashed = dataclasses.replace(full, model_dir=str(tmp_path / 'crashed'))
   with pytest.raises(Crash):  # dies after step 6 ran, before its checkpoint
-    loop.run_training(crashed, log=crash_at('step 6/6'))
+    loop.run_training(crashed, strategy=strategy, log=crash_at('step 6/6'))
   assert tf.train.latest_checkpoint(crashed.model_dir).endswith('ckpt-3')
-  loop.run_training(crashed, log=lambda _: None)
+  loop.run_training(crashed, strategy=strategy, log=lambda _: None)
   for x, y in zip(all_state(full.model_dir), all_state(crashed.model_dir)):
     np.testing.assert_array_equal(x, y)
