@@ -210,7 +210,26 @@ class Trainer:
           weights, self.config.optimizer.source_weight_normalization)
       source = (images, labels, weights * inputs['alpha'])
     losses = self._model_update(source, inputs.get('target'))
+    self._sync_moving_statistics()
     return {**losses, 'kept_lambda_sum': kept_lambda_sum, **credit}
+
+  def _sync_moving_statistics(self) -> None:
+    """Sets every replica's BatchNorm moving statistics to their mean over replicas.
+
+    Keras 3 creates them with aggregation 'none', so each replica's training
+    passes moved only its own copy: the copies drifted apart, each replica
+    computed the reward and the credit with a different model, and checkpoints
+    kept replica 0's. The mean is what tf.keras 2's mean-aggregated moving
+    statistics gave: exact for the moving mean (equal shards), the mean of the
+    replicas' batch variances for the variance. One device skips it.
+    """
+    context = tf.distribute.get_replica_context()
+    state = self.model.encoder.non_trainable_variables
+    if context is None or self.strategy.num_replicas_in_sync == 1 or not state:
+      return
+    means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in state])
+    for variable, mean in zip(state, means):
+      variable.assign(mean)
 
   def _kept_source(self, batch, lambda_per_class):
     """The B_S/R source examples this replica trains on, decoded, with their lambda.

@@ -270,6 +270,29 @@ def test_first_order_alpha_credit_moves_alpha_by_natural_gradient_steps(tiny_dat
   assert np.isfinite(run.policy.alpha_credit_square.numpy())
 
 
+@pytest.mark.parametrize('bn_statistics', ['all', 'target'])
+def test_replicas_keep_one_copy_of_the_moving_statistics(tiny_data, tmp_path, mirrored,
+                                                         bn_statistics):
+  """Each replica's training passes move its own copy of BatchNorm's moving
+  statistics; the step averages them, so every replica infers with one model
+  (the reward, the credit) and the checkpoint holds that model."""
+  config = tiny_config(tiny_data, tmp_path, source_batch_multiplier=1,
+                       model=ModelConfig(backbone='small_cnn', bn_statistics=bn_statistics))
+  run, _, _ = _run_steps(config, mirrored, 3)
+  state = run.model.encoder.non_trainable_variables
+  assert state
+  initial = [np.zeros(v.shape) if 'mean' in v.path else np.ones(v.shape) for v in state]
+  for variable, start in zip(state, initial):
+    copies = [c.numpy() for c in mirrored.experimental_local_results(variable.value)]
+    assert len(copies) == 2
+    np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+    assert not np.allclose(copies[0], start), variable.path  # they did move
+  images = tf.random.stateless_uniform([8, 16, 16, 1], seed=[1, 2])
+  logits = mirrored.experimental_local_results(mirrored.run(
+      tf.function(lambda: run.model.target_logits(images, training=False))))
+  np.testing.assert_array_equal(logits[0].numpy(), logits[1].numpy())
+
+
 def _moving_statistics_after(config, strategy, source, target, step: bool) -> list:
   """The encoder's moving statistics after one joint model step (or, with
   step=False, after a lone training-mode target pass), from the same init."""
