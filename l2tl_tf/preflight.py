@@ -87,6 +87,7 @@ def check(config: Config,
   """
   check_backbone(config)
   input_pipeline.check_batches(config, strategy.num_replicas_in_sync)
+  check_selection(config, strategy.num_replicas_in_sync)
   for dataset in datasets(config):
     scan = scan_dataset(dataset, config.data)
     check_labels(dataset, scan)
@@ -96,6 +97,25 @@ def check(config: Config,
   runs.check_run_dir(config)
   check_warm_start(config)
   return subsets
+
+
+def check_selection(config: Config, num_replicas: int) -> None:
+  """Global selection over several replicas needs candidates that arrive encoded.
+
+  Every replica then reads the same M_S * B_S global candidates and keeps its
+  slice of the global top B_S. `validate` refuses --selection=global with
+  decoding in the pipeline; --lambda_credit=first_order also decodes (and
+  scores) every candidate, so each replica reads only its own shard, and a
+  global top-B_S slice of a local shard is neither selection. One replica is
+  unaffected: both selections are the same there.
+  """
+  if (num_replicas > 1 and config.selection == 'global' and config.selects_source
+      and not config.decodes_after_select):
+    raise ValueError(
+        f'--selection=global cannot run on {num_replicas} replicas with '
+        '--lambda_credit=first_order: the credit decodes and scores every candidate, so '
+        'the replicas cannot share the global candidates. Use --selection=per_replica '
+        '(each replica keeps the top B_S / R of its own M_S * B_S / R candidates).')
 
 
 def check_backbone(config: Config) -> None:

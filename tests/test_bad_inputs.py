@@ -246,6 +246,20 @@ def test_a_global_batch_that_does_not_split_over_the_replicas_is_refused(
   assert shown in fails_early(config, 'not divisible', good_run, strategy=mirrored)
 
 
+def test_global_selection_with_first_order_credit_on_two_replicas_is_refused(
+    tiny_data, tmp_path, good_run, mirrored):
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='l2tl', selection='global')
+  config = dataclasses.replace(config, policy=dataclasses.replace(
+      config.policy, lambda_credit='first_order'))
+  message = fails_early(config, 'selection=global cannot run on 2 replicas', good_run,
+                        strategy=mirrored)
+  assert 'Use --selection=per_replica' in message
+  # Per-replica selection runs.
+  result = loop.run_training(dataclasses.replace(config, selection='per_replica'),
+                             strategy=mirrored, log=lambda _: None)
+  assert result.steps == config.train_steps
+
+
 def test_an_image_size_the_backbone_cannot_take_is_refused(tiny_data, tmp_path, good_run):
   config = with_data(tiny_config(tiny_data, tmp_path / 'run',
                                  model=ModelConfig(backbone='inception_v3')), image_size=32)
