@@ -223,13 +223,18 @@ class Trainer:
     statistics gave: exact for the moving mean (equal shards), the mean of the
     replicas' batch variances for the variance. One device skips it.
     """
-    context = tf.distribute.get_replica_context()
     state = self.model.encoder.non_trainable_variables
-    if context is None or self.strategy.num_replicas_in_sync == 1 or not state:
+    if self.strategy.num_replicas_in_sync == 1 or not state:
       return
-    means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in state])
+    means = self._across_replicas(tf.distribute.ReduceOp.MEAN, [v.value for v in state])
     for variable, mean in zip(state, means):
       variable.assign(mean)
+
+  def _across_replicas(self, op: tf.distribute.ReduceOp, values):
+    """`values` reduced over the replicas, in replica context; as they are on one."""
+    if self.strategy.num_replicas_in_sync == 1:
+      return values
+    return tf.distribute.get_replica_context().all_reduce(op, values)
 
   def _kept_source(self, batch, lambda_per_class):
     """The B_S/R source examples this replica trains on, decoded, with their lambda.
@@ -361,10 +366,8 @@ class Trainer:
         logits = self.model.target_logits(val_images, training=False)
       val_loss = tf.reduce_mean(
           tf.nn.sparse_softmax_cross_entropy_with_logits(val_labels, logits))
-    gradients = tape.gradient(val_loss, variables)
-    context = tf.distribute.get_replica_context()
-    if context is not None and self.strategy.num_replicas_in_sync > 1:
-      gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
+    gradients = self._across_replicas(tf.distribute.ReduceOp.MEAN,
+                                      tape.gradient(val_loss, variables))
     with tf.autodiff.ForwardAccumulator([v.value for v in variables], gradients) as acc:
       source_logits = self.model.source_logits(images, training=False)
       per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, source_logits)
@@ -392,16 +395,11 @@ class Trainer:
     target_images, target_labels = target_batch
     num_classes = self.config.data.target_num_classes
     features = tf.math.l2_normalize(self.model.encoder(target_images, training=False), -1)
-    context = tf.distribute.get_replica_context()
-    if context is not None and self.strategy.num_replicas_in_sync > 1:
-      sums, counts = context.all_reduce(tf.distribute.ReduceOp.SUM, [
-          tf.math.unsorted_segment_sum(features, target_labels, num_classes),
-          tf.math.unsorted_segment_sum(tf.ones_like(features[:, :1]), target_labels,
-                                       num_classes)])
-      means = tf.math.divide_no_nan(sums, counts)
-    else:
-      means = tf.math.unsorted_segment_mean(features, target_labels, num_classes)
-    means = tf.math.l2_normalize(means, -1)
+    sums, counts = self._across_replicas(tf.distribute.ReduceOp.SUM, [
+        tf.math.unsorted_segment_sum(features, target_labels, num_classes),
+        tf.math.unsorted_segment_sum(tf.ones_like(features[:, :1]), target_labels,
+                                     num_classes)])
+    means = tf.math.l2_normalize(tf.math.divide_no_nan(sums, counts), -1)
     val_features = tf.math.l2_normalize(self.model.encoder(val_images, training=False), -1)
     return self.config.policy.credit_ncm_scale * tf.matmul(val_features, means,
                                                            transpose_b=True)
