@@ -184,7 +184,8 @@ class OptimizerConfig:
   nesterov: bool = False
   weight_decay: float = 4e-5
   warmup_steps: int = 2_000
-  # 'none': loss_S = alpha_s * sum_j lambda_j L_j / B_S (Eq. 1).
+  # 'none': loss_S = alpha_s * sum_j lambda_j L_j / B_T, next to
+  # loss_T = sum_k L_k / B_T: Eq. 1 divided by B_T.
   # 'mean_one': kept weights rescaled to mean 1 (the official code).
   source_weight_normalization: str = 'none'
   # 'none': the paper's alpha_s * sum_j lambda_j L_j (Eq. 1), whatever the

@@ -285,7 +285,7 @@ class Trainer:
         logits = self._source_logits(images, target_too=target is not None)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         source_loss = tf.nn.compute_average_loss(
-            per_example * weights, global_batch_size=self.config.source_batch_size)
+            per_example * weights, global_batch_size=self._source_loss_divisor(target))
       target_loss = self._target_loss(target) if target is not None else zero
       if source is not None and target is not None and (
           self.config.optimizer.source_loss_scaling == 'target_ratio'):
@@ -300,6 +300,18 @@ class Trainer:
     return {'loss/source': source_loss, 'loss/target': target_loss, 'loss/weight_decay': decay,
             # Summed over replicas like the losses, so each reports its share.
             'loss/source_scale': scale / self.strategy.num_replicas_in_sync}
+
+  def _source_loss_divisor(self, target) -> int:
+    """What the source term's sum is divided by: B_T in joint steps, else B_S.
+
+    Eq. 1 sums both terms, alpha_s * sum_j lambda_j L_S + sum_k L_T. Dividing
+    both sums by B_T keeps that ratio for any B_S / B_T (the paper's JFT runs
+    use B_S = 4 B_T) and lets learning rates read as for fine-tuning's mean
+    loss; with B_S = B_T it is the per-batch mean. A source-only step
+    (pretraining, DATL's reweighted pretraining) has no target term to weigh
+    against, so it averages over B_S.
+    """
+    return self.config.source_batch_size if target is None else self.config.target_batch_size
 
   def _target_ratio(self, source_per_example, target_loss) -> tf.Tensor:
     """min(1, mean L_T / mean L_S) over the step's global batches, a constant.

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from conftest import QUIET_ENV, binary_command, tiny_config, tiny_flagfile
 from l2tl_tf import input_pipeline, models, runs, strategy as strategy_lib
-from l2tl_tf.config import ModelConfig, OptimizerConfig
+from l2tl_tf.config import Mode, ModelConfig, OptimizerConfig
 from l2tl_tf.trainer import mean_auc, normalise_source_weights, select_top_weighted
 
 
@@ -350,6 +350,17 @@ def _one_model_step(config, source, target):
   return [v.numpy() for v in run.model.trainable_variables], outputs
 
 
+def _initial_cross_entropies(config, source_images, source_labels, target=None):
+  """Per-example training-mode CE of the untouched model (seed 0), source and target."""
+  keras.utils.set_random_seed(0)
+  probe = runs.build(config, tf.distribute.get_strategy())
+  source_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      source_labels, probe.model.source_logits(source_images, training=True))
+  target_ce = None if target is None else tf.nn.sparse_softmax_cross_entropy_with_logits(
+      target[1], probe.model.target_logits(target[0], training=True))
+  return source_ce, target_ce
+
+
 def test_target_ratio_scaling_is_a_constant_factor_on_the_source_term(tiny_data, tmp_path):
   """The step with target_ratio equals the paper's step with the kept weights times
   min(1, mean L_T / mean L_S): the factor is measured on the step's own losses and
@@ -365,12 +376,7 @@ def test_target_ratio_scaling_is_a_constant_factor_on_the_source_term(tiny_data,
       base.optimizer, source_loss_scaling='target_ratio'))
 
   # The factor from the untouched model's own training-mode losses.
-  keras.utils.set_random_seed(0)
-  probe = runs.build(base, tf.distribute.get_strategy())
-  source_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      source_labels, probe.model.source_logits(source_images, training=True))
-  target_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      target[1], probe.model.target_logits(target[0], training=True))
+  source_ce, target_ce = _initial_cross_entropies(base, source_images, source_labels, target)
   expected = min(1.0, float(tf.reduce_mean(target_ce)) / float(tf.reduce_mean(source_ce)))
 
   scaled, outputs = _one_model_step(scaled_config, (source_images, source_labels, weights),
@@ -385,3 +391,30 @@ def test_target_ratio_scaling_is_a_constant_factor_on_the_source_term(tiny_data,
                                                         rel=1e-5)
   for a, b in zip(scaled, by_hand):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_joint_loss_keeps_eq1_ratio_when_source_batch_is_larger(tiny_data, tmp_path):
+  """Eq. 1 sums both terms: with B_S = 2 B_T the source sum must weigh twice
+  what a per-batch mean would give it. Both sums are divided by B_T."""
+  rng = np.random.default_rng(2)
+  config = tiny_config(tiny_data, tmp_path, source_batch_ratio=2.0)
+  assert (config.source_batch_size, config.target_batch_size) == (8, 4)
+  source_images = tf.constant(rng.random((8, 16, 16, 1)), tf.float32)
+  source_labels = tf.constant([0, 1, 2, 3, 4, 5, 0, 1], tf.int32)
+  weights = tf.constant([1.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.5, 0.1])
+  target = (tf.constant(rng.random((4, 16, 16, 1)), tf.float32),
+            tf.constant([0, 1, 2, 3], tf.int32))
+
+  source_ce, target_ce = _initial_cross_entropies(config, source_images, source_labels, target)
+
+  _, outputs = _one_model_step(config, (source_images, source_labels, weights), target)
+  assert float(outputs['loss/source']) == pytest.approx(
+      float(tf.reduce_sum(source_ce * weights)) / 4, rel=1e-5)
+  assert float(outputs['loss/target']) == pytest.approx(float(tf.reduce_sum(target_ce)) / 4,
+                                                        rel=1e-5)
+  # A source-only step (pretraining) averages over its own batch.
+  pretrain = dataclasses.replace(config, mode=Mode('pretrain'))
+  _, alone = _one_model_step(pretrain, (source_images, source_labels, weights), None)
+  source_ce, _ = _initial_cross_entropies(pretrain, source_images, source_labels)
+  assert float(alone['loss/source']) == pytest.approx(
+      float(tf.reduce_sum(source_ce * weights)) / 8, rel=1e-5)
