@@ -40,13 +40,20 @@ def top1(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-  """Mean ROC AUC over classes that have both positives and negatives."""
+  """Mean ROC AUC over classes that have both positives and negatives.
+
+  Tied scores take their mean rank (a tie counts one half), so the result
+  does not depend on the order of the examples.
+  """
   aucs = []
   for cls in range(probabilities.shape[1]):
     positive = labels == cls
     if positive.all() or not positive.any():
       continue
-    ranks = np.argsort(np.argsort(probabilities[:, cls], kind='stable'), kind='stable') + 1
+    scores = probabilities[:, cls]
+    ordered = np.sort(scores)
+    ranks = (np.searchsorted(ordered, scores, 'left') + np.searchsorted(ordered, scores, 'right')
+             + 1) / 2
     num_pos, num_neg = positive.sum(), (~positive).sum()
     aucs.append((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
   return float(np.mean(aucs)) if aucs else float('nan')

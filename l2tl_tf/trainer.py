@@ -50,11 +50,17 @@ def normalise_source_weights(weights: tf.Tensor, mode: str) -> tf.Tensor:
 def mean_auc(labels: tf.Tensor, scores: tf.Tensor, num_classes: int) -> tf.Tensor:
   """Mean one-vs-rest ROC AUC over classes present (with negatives) in the batch.
 
-  AUC by the rank-sum (Mann-Whitney) formula; ties in scores get the lower
-  rank, which is exact for continuous probabilities.
+  AUC by the rank-sum (Mann-Whitney) formula with tied scores at their mean
+  rank, so a tie counts one half, as in pairwise counting. Saturated softmax
+  outputs (exactly 1.0) tie often late in training; ranking them by row order
+  would make the reward depend on the batch's order.
   """
   positives = tf.one_hot(labels, num_classes)
-  ranks = tf.cast(tf.argsort(tf.argsort(scores, axis=0), axis=0), tf.float32) + 1.0
+  by_class = tf.transpose(tf.cast(scores, tf.float32))
+  ordered = tf.sort(by_class, axis=-1)
+  below = tf.searchsorted(ordered, by_class, side='left')
+  up_to = tf.searchsorted(ordered, by_class, side='right')
+  ranks = tf.transpose(tf.cast(below + up_to + 1, tf.float32) / 2.0)
   num_pos = tf.reduce_sum(positives, axis=0)
   num_neg = tf.cast(tf.shape(labels)[0], tf.float32) - num_pos
   rank_sum = tf.reduce_sum(ranks * positives, axis=0)
