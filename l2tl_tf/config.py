@@ -337,6 +337,23 @@ def validate(config: Config) -> None:
   _require(config.source_batch_multiplier >= 1,
            f'--source_batch_multiplier={config.source_batch_multiplier} must be >= 1.')
   _require(config.steps_per_loop > 0, f'--steps_per_loop={config.steps_per_loop} must be > 0.')
+  _require(config.checkpoint_every > 0,
+           f'--checkpoint_every={config.checkpoint_every} must be > 0 (steps between '
+           'checkpoints; --train_steps saves only at the end).')
+  _require(config.keep_checkpoints >= 1,
+           f'--keep_checkpoints={config.keep_checkpoints} must be >= 1: a run resumes from '
+           'its latest checkpoint.')
+  _require(config.eval_every >= 0,
+           f'--eval_every={config.eval_every} must be >= 0 (0: no validation curve).')
+  _require(config.eval_batch_size > 0,
+           f'--eval_batch_size={config.eval_batch_size} must be > 0.')
+  _require(data.val_examples_per_class >= 0,
+           f'--val_examples_per_class={data.val_examples_per_class} must be >= 0.')
+  _require(not (config.eval_every and config.mode.uses_target)
+           or data.target_val or data.val_examples_per_class > 0,
+           f'--eval_every={config.eval_every} asks for validation top-1 but there is no '
+           'validation set: pass --target_val, or --val_examples_per_class > 0 to carve one '
+           'out of --target_train, or set --eval_every=0.')
   if config.mode.uses_source:
     _require(data.source_train, f'--mode={config.mode.value} needs --source_train.')
     _require(data.source_num_classes > 1,
@@ -367,6 +384,11 @@ def validate(config: Config) -> None:
            f"--policy_level_values={policy.level_values!r}: use 'paper' or 'official'.")
   _require(policy.baseline_style in ('paper', 'official'),
            f"--baseline_style={policy.baseline_style!r}: use 'paper' or 'official'.")
+  _require(policy.alpha_beta > 0.0,
+           f'--alpha_beta={policy.alpha_beta} must be > 0: alpha_s takes values in '
+           '[0, beta].')
+  _require(policy.learning_rate >= 0.0,
+           f'--policy_learning_rate={policy.learning_rate} must be >= 0.')
   _require(0.0 < policy.baseline_decay <= 1.0,
            f'--baseline_decay={policy.baseline_decay} must be in (0, 1].')
   _require(policy.log_prob_reduction in ('sum', 'mean'),

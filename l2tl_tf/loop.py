@@ -91,16 +91,17 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
     metrics = _run_loop(run, iterators, step, num_steps, log)
     step += num_steps
     _stop_if_loss_diverged(run, metrics, step - num_steps + 1, step)
+    # Saved before validation, so a failed validation pass loses no training.
+    if (step % config.checkpoint_every == 0 or step >= config.train_steps
+        or preemption.received):
+      _stop_if_weights_diverged(run, step)
+      run.manager.save(checkpoint_number=step)
     if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
       metrics['eval/val_top1'] = validate_on()
     history.append({'step': step, **metrics})
     _write_summaries(writer, run, metrics, step)
     log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
                        (time.time() - started) / max(step - start, 1)))
-    if (step % config.checkpoint_every == 0 or step >= config.train_steps
-        or preemption.received):
-      _stop_if_weights_diverged(run, step)
-      run.manager.save(checkpoint_number=step)
     if preemption.received:
       log(f'SIGTERM received: checkpoint saved at step {step}. Rerun the same command to '
           'resume.')
@@ -228,9 +229,13 @@ def _iterators(config: Config, strategy, subsets, start_step: int) -> dict:
 
 
 def _steps_this_loop(config: Config, step: int) -> int:
-  """Steps until the loop size, the next checkpoint or the end, whichever first."""
-  to_checkpoint = config.checkpoint_every - step % config.checkpoint_every
-  return min(config.steps_per_loop, to_checkpoint, config.train_steps - step)
+  """Steps until the loop size, the next checkpoint, the next validation (when
+  --eval_every asks for a curve) or the end, whichever comes first."""
+  boundaries = [config.steps_per_loop, config.train_steps - step,
+                config.checkpoint_every - step % config.checkpoint_every]
+  if config.eval_every and config.mode.uses_target:
+    boundaries.append(config.eval_every - step % config.eval_every)
+  return min(boundaries)
 
 
 def _write_summaries(writer, run: runs.Run, metrics: dict, step: int) -> None:

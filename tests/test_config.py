@@ -65,3 +65,42 @@ def test_source_loss_scaling_names_the_choices(tiny_data, tmp_path):
   with pytest.raises(ValueError, match="--source_loss_scaling='adaptive': use one of "
                                        'none, target_ratio'):
     config_lib.validate(config)
+
+
+def _with(config, section, **changes):
+  return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section),
+                                                                     **changes)})
+
+
+@pytest.mark.parametrize('overrides, message', [
+    # 0 divided by zero after config.json was written; -1 looped forever.
+    (dict(checkpoint_every=0), '--checkpoint_every=0 must be > 0'),
+    (dict(checkpoint_every=-1), '--checkpoint_every=-1 must be > 0'),
+    (dict(keep_checkpoints=0), '--keep_checkpoints=0 must be >= 1'),
+    (dict(eval_every=-5), '--eval_every=-5 must be >= 0'),
+    (dict(eval_batch_size=0), '--eval_batch_size=0 must be > 0'),
+])
+def test_loop_cadences_that_cannot_run_are_refused(tiny_data, tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(tiny_config(tiny_data, tmp_path, **overrides))
+
+
+@pytest.mark.parametrize('section, changes, message', [
+    ('data', dict(val_examples_per_class=-2), '--val_examples_per_class=-2 must be >= 0'),
+    ('policy', dict(alpha_beta=0.0), r'--alpha_beta=0.0 must be > 0'),
+    ('policy', dict(learning_rate=-1e-4), r'--policy_learning_rate=-0.0001 must be >= 0'),
+])
+def test_negative_sizes_and_rates_are_refused(tiny_data, tmp_path, section, changes, message):
+  config = _with(tiny_config(tiny_data, tmp_path), section, **changes)
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
+
+
+def test_a_validation_curve_without_a_validation_set_is_refused(tiny_data, tmp_path):
+  """Before, scratch with --eval_every trained its first loop and then failed."""
+  config = _with(tiny_config(tiny_data, tmp_path, mode='scratch', eval_every=2), 'data',
+                 val_examples_per_class=0, target_val='')
+  with pytest.raises(ValueError, match='--eval_every=2 asks for validation top-1 but there is '
+                     'no validation set'):
+    config_lib.validate(config)
+  config_lib.validate(dataclasses.replace(config, eval_every=0))

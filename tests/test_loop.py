@@ -207,3 +207,24 @@ def test_a_run_that_crashed_resumes_to_the_uninterrupted_result(tiny_data, pretr
   loop.run_training(crashed, strategy=strategy, log=lambda _: None)
   for x, y in zip(all_state(full.model_dir), all_state(crashed.model_dir)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_validation_falls_on_every_interval_whatever_the_loop_size(tiny_data, tmp_path):
+  """Loops are cut at validation steps too: --eval_every=2 with 3-step loops used to
+  validate only where a loop happened to end on a multiple of 2."""
+  config = tiny_config(tiny_data, tmp_path, mode='scratch', eval_every=2, steps_per_loop=3,
+                       checkpoint_every=6)
+  result = loop.run_training(config, log=lambda _: None)
+  assert [h['step'] for h in result.history if 'eval/val_top1' in h] == [2, 4, 6]
+
+
+def test_a_failed_validation_pass_keeps_the_loop_checkpoint(tiny_data, tmp_path, monkeypatch):
+  """The due checkpoint is saved before validation, so a crash in it loses no training."""
+  config = tiny_config(tiny_data, tmp_path, mode='scratch', eval_every=3)
+
+  def broken_top1(*_):
+    raise Crash('validation failed')
+  monkeypatch.setattr(loop.evaluation, 'top1', broken_top1)
+  with pytest.raises(Crash):
+    loop.run_training(config, log=lambda _: None)
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-3')
