@@ -119,12 +119,16 @@ def check_selection(config: Config, num_replicas: int) -> None:
 
 
 def check_backbone(config: Config) -> None:
-  """The backbone exists and takes the image size.
+  """The backbone exists, takes the image size, and its weights file is there.
 
   `models.build_encoder` checks the same, but only once the run directory is
   written.
   """
   name, size = config.model.backbone, config.data.image_size
+  weights = config.model.backbone_weights
+  if weights and not tf.io.gfile.exists(weights):
+    raise ValueError(f'--backbone_weights={weights} does not exist: give a local weights file '
+                     '(nothing is downloaded), or drop the flag to start from random weights.')
   if name not in models.ENCODERS:
     raise ValueError(f'--backbone={name!r} is unknown: choose one of {sorted(models.ENCODERS)}.')
   smallest = models.MIN_IMAGE_SIZE

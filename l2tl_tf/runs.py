@@ -198,6 +198,10 @@ def restore_for_inference(model_dir: str, target_test: str = '') -> Run:
   if target_test:
     config = dataclasses.replace(
         config, data=dataclasses.replace(config.data, target_test=target_test))
+  # The checkpoint holds every weight: the starting weights file is not needed
+  # (and may be on another machine).
+  config = dataclasses.replace(
+      config, model=dataclasses.replace(config.model, backbone_weights=''))
   run = build(config, tf.distribute.get_strategy())
   if not run.manager.latest_checkpoint:
     raise ValueError(f'--model_dir={model_dir} has no checkpoint yet: train first.')

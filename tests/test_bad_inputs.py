@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import striped_images, tiny_config
-from l2tl_tf import loop, models, preflight, records
+from l2tl_tf import evaluation, loop, models, preflight, records
 from l2tl_tf.config import ModelConfig, OptimizerConfig
 
 SOURCE_CLASSES, TARGET_CLASSES = 8, 4
@@ -266,6 +266,28 @@ def test_an_image_size_the_backbone_cannot_take_is_refused(tiny_data, tmp_path, 
   message = fails_early(config, 'cannot take', good_run)
   assert '--backbone=inception_v3 cannot take --image_size=32: it needs at least 75 px' in message
   assert 'Raise --image_size' in message and 'small_cnn 8' in message
+
+
+def test_a_missing_backbone_weights_file_is_refused_before_training(tiny_data, tmp_path,
+                                                                     good_run):
+  """It used to fail only in model building, after config.json was written."""
+  config = tiny_config(tiny_data, tmp_path / 'run', model=ModelConfig(
+      backbone='small_cnn', backbone_weights=str(tmp_path / 'no_such.weights.h5')))
+  message = fails_early(config, 'does not exist', good_run)
+  assert f'--backbone_weights={tmp_path}/no_such.weights.h5 does not exist' in message
+
+
+def test_a_run_started_from_a_weights_file_evaluates_without_it(tiny_data, tmp_path):
+  """The checkpoint holds every weight: evaluation (and export, ranking, DATL) must
+  not need the starting file, which may have stayed on the training machine."""
+  weights = str(tmp_path / 'start.weights.h5')
+  models.build_encoder('small_cnn', 16, 1).save_weights(weights)
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='scratch', train_steps=3,
+                       model=ModelConfig(backbone='small_cnn', backbone_weights=weights))
+  loop.run_training(config, log=lambda _: None)
+  before = evaluation.evaluate(config.model_dir, 'test')
+  os.remove(weights)
+  assert evaluation.evaluate(config.model_dir, 'test')['top1'] == before['top1']
 
 
 def fake_checkpoint(directory, encoder, source_classes: int) -> str:
