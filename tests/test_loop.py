@@ -168,11 +168,15 @@ class Crash(Exception):
   pass
 
 
-def crash_at(step_text):
-  def log(line):
-    if step_text in line:
-      raise Crash(line)
-  return log
+def crash_before_saving(monkeypatch, crash_step):
+  """Makes training die after `crash_step` ran, just before its checkpoint."""
+  check = loop._stop_if_weights_diverged  # pylint: disable=protected-access
+
+  def dying(run, step):
+    if step == crash_step:
+      raise Crash(f'died after step {step}')
+    check(run, step)
+  monkeypatch.setattr(loop, '_stop_if_weights_diverged', dying)
 
 
 def all_state(model_dir):
@@ -187,7 +191,7 @@ def all_state(model_dir):
                                                       ('mirrored', 'global'),
                                                       ('mirrored', 'per_replica')])
 def test_a_run_that_crashed_resumes_to_the_uninterrupted_result(tiny_data, pretrained,
-                                                                tmp_path, mirrored,
+                                                                tmp_path, mirrored, monkeypatch,
                                                                 strategy_name, selection):
   """Streams skip to the restored step and actions are keyed by step: exact resume.
 
@@ -201,8 +205,9 @@ def test_a_run_that_crashed_resumes_to_the_uninterrupted_result(tiny_data, pretr
                      selection=selection)
   loop.run_training(full, strategy=strategy, log=lambda _: None)
   crashed = dataclasses.replace(full, model_dir=str(tmp_path / 'crashed'))
-  with pytest.raises(Crash):  # dies after step 6 ran, before its checkpoint
-    loop.run_training(crashed, strategy=strategy, log=crash_at('step 6/6'))
+  with monkeypatch.context() as patch, pytest.raises(Crash):
+    crash_before_saving(patch, 6)
+    loop.run_training(crashed, strategy=strategy, log=lambda _: None)
   assert tf.train.latest_checkpoint(crashed.model_dir).endswith('ckpt-3')
   loop.run_training(crashed, strategy=strategy, log=lambda _: None)
   for x, y in zip(all_state(full.model_dir), all_state(crashed.model_dir)):
