@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from l2tl_tf import records
+from l2tl_tf import files, records
 
 # Bump when what a scenario holds changes, so stale builds are rebuilt.
 BUILD_VERSION = 1
@@ -736,7 +736,4 @@ def _describe(name: str, split_seed: int, params: dict, built: AssembledScenario
 
 
 def _write_json(path: str, value: dict):
-  partial = path + '.partial'
-  with open(partial, 'w', encoding='utf-8') as f:
-    json.dump(value, f, ensure_ascii=False, indent=1)
-  os.replace(partial, path)
+  files.write_text_atomically(path, json.dumps(value, ensure_ascii=False, indent=1))

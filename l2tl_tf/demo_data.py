@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from l2tl_tf import records
+from l2tl_tf import files, records
 
 INSTALL_HINT = 'pip install "l2tl_tf[demo]"'
 
@@ -216,11 +216,9 @@ def _cached_build(out_dir: str, params: dict) -> Optional[DemoData]:
 def _write_manifest(path: str, params: dict, class_names: list[str],
                     target_sizes: dict[str, int]):
   """Writes the manifest atomically: its presence marks a complete build."""
-  partial = path + '.partial'
-  with open(partial, 'w', encoding='utf-8') as f:
-    json.dump({'params': params, 'source_class_names': class_names,
-               'target_sizes': target_sizes}, f, ensure_ascii=False, indent=1)
-  os.replace(partial, path)
+  files.write_text_atomically(path, json.dumps(
+      {'params': params, 'source_class_names': class_names, 'target_sizes': target_sizes},
+      ensure_ascii=False, indent=1))
 
 
 # ---------------------------------------------------------------- target

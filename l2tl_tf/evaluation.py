@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from l2tl_tf import input_pipeline, runs
+from l2tl_tf import files, input_pipeline, runs
 from l2tl_tf.runs import Run
 
 METRICS_FILE = 'metrics.json'
@@ -72,13 +72,37 @@ def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict
     raise ValueError(f'{model_dir} is a {run.config.mode.value} run: it has no target head.')
   probabilities, labels = predict_dataset(make_predictor(run),
                                           input_pipeline.eval_dataset(run.config, split))
+  check_labels(labels, probabilities.shape[1], split, run.config)
+  auc = one_vs_rest_auc(labels, probabilities)
   metrics = {
       'split': split,
       'num_examples': int(len(labels)),
       'top1': top1(probabilities, labels),
-      'mean_auc': one_vs_rest_auc(labels, probabilities),
+      # null, not NaN (which is not JSON), when no class has both positives and negatives.
+      'mean_auc': auc if np.isfinite(auc) else None,
       'step': int(run.trainer.step.numpy()),
   }
-  with tf.io.gfile.GFile(os.path.join(model_dir, METRICS_FILE), 'w') as f:
-    f.write(json.dumps(metrics, indent=2))
+  files.write_text_atomically(os.path.join(model_dir, METRICS_FILE),
+                              json.dumps(metrics, indent=2, allow_nan=False))
   return metrics
+
+
+def check_labels(labels: np.ndarray, num_classes: int, split: str, config) -> None:
+  """Refuses labels outside [0, num_classes) instead of scoring them as errors.
+
+  Training checks every target-train and validation label before its first
+  step, but the test split is checked there only by its first record, and
+  `evaluate --target_test` can point anywhere: a 1-based test file would
+  otherwise give a silently wrong top-1.
+  """
+  outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if not outside.size:
+    return
+  offset = config.data.target_label_offset
+  hint = (f' They look 1-based (1..{num_classes}): the labels are read with '
+          f'--target_label_offset={offset}; rerun with --target_label_offset={offset + 1}.'
+          if labels.min() >= 1 and labels.max() == num_classes else '')
+  raise ValueError(
+      f'The {split} split has {outside.size} of {labels.size} labels outside [0, {num_classes}) '
+      f'for --target_num_classes={num_classes} (example {outside[0]}: label {labels[outside[0]]} '
+      f'after --target_label_offset={offset}).{hint}')

@@ -7,11 +7,13 @@ the mean and std of lambda over those samples, highest mean first.
 
 import csv
 import dataclasses
+import io
 import os
 from typing import Optional
 
 import numpy as np
 
+from l2tl_tf import files
 from l2tl_tf.policy import Policy, sampled_class_weights
 
 WEIGHTS_FILE = 'source_class_weights.csv'
@@ -45,11 +47,12 @@ def write_source_class_weights(ranked: list[RankedClass], model_dir: str,
                                filename: str = WEIGHTS_FILE) -> str:
   os.makedirs(model_dir, exist_ok=True)
   path = os.path.join(model_dir, filename)
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.writer(f)
-    writer.writerow(CSV_COLUMNS)
-    for row in ranked:
-      writer.writerow([row.class_id, row.name, f'{row.expected_lambda:.6f}', f'{row.std:.6f}'])
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(CSV_COLUMNS)
+  for row in ranked:
+    writer.writerow([row.class_id, row.name, f'{row.expected_lambda:.6f}', f'{row.std:.6f}'])
+  files.write_text_atomically(path, text.getvalue())
   return path
 
 

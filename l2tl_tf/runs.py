@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2tl_tf import config as config_lib
+from l2tl_tf import files
 from l2tl_tf.config import Config
 from l2tl_tf.models import TransferModel
 from l2tl_tf.policy import Policy
@@ -66,8 +67,7 @@ def prepare_run_dir(config: Config) -> None:
   """Writes config.json first, after `check_run_dir`."""
   check_run_dir(config)
   tf.io.gfile.makedirs(config.model_dir)
-  with tf.io.gfile.GFile(os.path.join(config.model_dir, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json())
+  files.write_text_atomically(os.path.join(config.model_dir, CONFIG_FILE), config.to_json())
 
 
 def _differences(old: dict, new: dict, prefix: str = '') -> dict:

@@ -9,6 +9,7 @@ never overwrite a good checkpoint.
 """
 
 import dataclasses
+import json
 import os
 
 import keras
@@ -288,6 +289,36 @@ def test_a_run_started_from_a_weights_file_evaluates_without_it(tiny_data, tmp_p
   before = evaluation.evaluate(config.model_dir, 'test')
   os.remove(weights)
   assert evaluation.evaluate(config.model_dir, 'test')['top1'] == before['top1']
+
+
+@pytest.fixture(scope='module')
+def scratch_run(tiny_data, tmp_path_factory) -> str:
+  """A finished scratch run that evaluation may write metrics.json into."""
+  model_dir = tmp_path_factory.mktemp('evaluated') / 'run'
+  loop.run_training(tiny_config(tiny_data, model_dir, mode='scratch', train_steps=3),
+                    log=lambda _: None)
+  return str(model_dir)
+
+
+def test_evaluating_a_one_based_test_file_is_refused_with_the_offset_hint(tmp_path,
+                                                                          scratch_run):
+  """Preflight reads only the test file's first record; evaluation used to score
+  label 4 of 4 classes as a mistake and report a silently wrong top-1."""
+  test = write_shards(tmp_path / 'test' / 'test', [examples(12, TARGET_CLASSES,
+                                                            label_offset=1)])
+  with pytest.raises(ValueError, match=r'The test split has 3 of 12 labels outside \[0, 4\)') \
+      as raised:
+    evaluation.evaluate(scratch_run, 'test', target_test=test)
+  assert 'rerun with --target_label_offset=1' in str(raised.value)
+
+
+def test_metrics_of_a_one_class_test_file_are_valid_json(tmp_path, scratch_run):
+  """No class has both positives and negatives: the AUC is null, not a bare NaN."""
+  test = write_shards(tmp_path / 'test' / 'test', [examples(6, 1)])
+  metrics = evaluation.evaluate(scratch_run, 'test', target_test=test)
+  assert metrics['mean_auc'] is None
+  with open(os.path.join(scratch_run, evaluation.METRICS_FILE), encoding='utf-8') as f:
+    assert json.load(f, parse_constant=pytest.fail)['mean_auc'] is None
 
 
 def fake_checkpoint(directory, encoder, source_classes: int) -> str:

@@ -1,0 +1,18 @@
+"""Writing run outputs so that a crash never leaves a half-written file."""
+
+import tensorflow as tf
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file renamed over it.
+
+  A reader sees the old file or the new one, never part of one. Without it a
+  crash while `config.json` is rewritten on resume leaves a truncated file
+  that resume, evaluation and export all fail to parse, and a truncated
+  `scenario.json` or results file would look finished. Works on local paths
+  and on the object stores tf.io.gfile reaches.
+  """
+  partial = path + '.partial'
+  with tf.io.gfile.GFile(partial, 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(partial, path, overwrite=True)
