@@ -207,8 +207,7 @@ def _validation_evaluator(config: Config, run: runs.Run, subsets):
   """A no-argument function giving validation top-1, or None when not asked for."""
   if not (config.eval_every and config.mode.uses_target):
     return None
-  dataset = input_pipeline.reward_examples(config, subsets).cache().batch(
-      config.eval_batch_size)
+  dataset = input_pipeline.validation_batches(config, subsets)
   predictor = evaluation.make_predictor(run)
   return lambda: evaluation.top1(*evaluation.predict_dataset(predictor, dataset))
 

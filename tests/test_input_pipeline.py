@@ -327,3 +327,31 @@ def test_a_batch_is_augmented_as_its_images_are_one_at_a_time(crop, flip):
   one_at_a_time = [input_pipeline.augment_batch(images[i:i + 1], seeds[i:i + 1], data)[0]
                    for i in range(40)]
   np.testing.assert_array_equal(batched, np.stack(one_at_a_time))
+
+
+@pytest.mark.parametrize('pipelines', [1, 2])
+@pytest.mark.parametrize('carved', [True, False])
+def test_a_reward_set_too_large_for_memory_streams_the_same_batches(
+    tiny_data, tmp_path, monkeypatch, pipelines, carved):
+  """Over REWARD_IN_MEMORY_BYTES the encoded bytes are cached and each image is
+  decoded when drawn: the reward batches and the validation pass are unchanged."""
+  config = tiny_config(tiny_data, tmp_path)
+  if not carved:  # a separate validation file: the tiny target test set stands in
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, target_val=config.data.target_test, val_examples_per_class=0))
+  subsets = input_pipeline.target_subsets(config)
+  context = tf.distribute.InputContext(num_input_pipelines=pipelines,
+                                       input_pipeline_id=pipelines - 1,
+                                       num_replicas_in_sync=pipelines)
+
+  def streams():
+    return (list(input_pipeline.reward_dataset(config, subsets, context, start_step=2).take(4)),
+            list(input_pipeline.validation_batches(config, subsets)))
+  assert input_pipeline.decoded_reward_fits(config, subsets)
+  in_memory = streams()
+  monkeypatch.setattr(input_pipeline, 'REWARD_IN_MEMORY_BYTES', 0)
+  assert not input_pipeline.decoded_reward_fits(config, subsets)
+  for fitted, streamed in zip(in_memory, streams(), strict=True):
+    for (images, labels), (decoded, decoded_labels) in zip(fitted, streamed, strict=True):
+      np.testing.assert_array_equal(images, decoded)
+      np.testing.assert_array_equal(labels, decoded_labels)
