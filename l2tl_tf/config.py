@@ -317,11 +317,13 @@ def _enum_value(value):
 
 
 # Settings that may differ when a run directory is reused: they change how
-# long or how visibly a run goes, not what it computes.
+# long or how visibly a run goes, not what it computes (train_steps also
+# stretches the cosine schedule: a resume logs it). Not jit_compile: XLA's RNG
+# draws other actions than the standard kernels.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
     'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic',
-    'source_decode', 'jit_compile'})
+    'source_decode'})
 
 
 def validate(config: Config) -> None:

@@ -57,6 +57,9 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
   fixed_lambda = (ranking.read_class_weight_vector(config.fixed_source_weights,
                                                    config.data.source_num_classes)
                   if config.fixed_source_weights else None)
+  changes = runs.setting_changes(config)
+  if changes:
+    log(runs.describe_changes(changes))
   if is_chief(strategy):
     runs.prepare_run_dir(config)
   # Seeds Keras initialisers (and Python/NumPy/TF global RNGs): the same

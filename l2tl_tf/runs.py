@@ -51,16 +51,30 @@ def check_run_dir(config: Config) -> None:
   Rerunning the same command resumes; settings in RESUMABLE_CHANGES (the
   step budget, logging cadence, strategy) may change between attempts.
   """
-  path = os.path.join(config.model_dir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    return
-  differences = _differences(load_config(config.model_dir).to_dict(), config.to_dict())
-  blocking = {k: v for k, v in differences.items() if k not in config_lib.RESUMABLE_CHANGES}
+  blocking = {k: v for k, v in setting_changes(config).items()
+              if k not in config_lib.RESUMABLE_CHANGES}
   if blocking:
     listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(blocking.items()))
     raise ValueError(f'--model_dir={config.model_dir} holds a run with other settings '
                      f'({listed}). Use a new --model_dir, or rerun with the same flags '
                      'to resume.')
+
+
+def setting_changes(config: Config) -> dict:
+  """{setting: (old, new)} against the run already in model_dir; {} for a fresh one."""
+  if not tf.io.gfile.exists(os.path.join(config.model_dir, CONFIG_FILE)):
+    return {}
+  return _differences(load_config(config.model_dir).to_dict(), config.to_dict())
+
+
+def describe_changes(changes: dict) -> str:
+  """The log line for a run resumed with changed (resumable) settings."""
+  listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changes.items()))
+  line = f'Resuming with changed settings: {listed}.'
+  if 'train_steps' in changes:
+    line += (' The learning rate follows the new --train_steps from here: its cosine decay '
+             'now spans the new length, so the rate jumps at the resumed step.')
+  return line
 
 
 def prepare_run_dir(config: Config) -> None:

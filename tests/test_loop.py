@@ -73,9 +73,22 @@ def test_rerunning_the_command_resumes(tiny_data, tmp_path):
   loop.run_training(dataclasses.replace(first, train_steps=3), log=lambda _: None)
   lines = []
   result = loop.run_training(first, log=lines.append)
-  assert 'Resuming' in lines[0] and 'from step 3' in lines[0]
+  assert lines[0].startswith('Resuming with changed settings: train_steps: 3 -> 6.')
+  assert 'the rate jumps at the resumed step' in lines[0]
+  assert 'Resuming' in lines[1] and 'from step 3' in lines[1]
   assert result.steps == 6
   assert sum(line.startswith('[scratch] step') for line in lines) == 1  # 3 steps remained
+  again = []
+  loop.run_training(first, log=again.append)  # the same command: nothing changed
+  assert not any('changed settings' in line for line in again)
+
+
+def test_switching_xla_on_resume_is_refused(tiny_data, tmp_path):
+  """XLA's RNG draws other actions than the standard kernels: not the same run."""
+  config = tiny_config(tiny_data, tmp_path, mode='scratch', train_steps=3)
+  loop.run_training(config, log=lambda _: None)
+  with pytest.raises(ValueError, match='jit_compile: False -> True'):
+    loop.run_training(dataclasses.replace(config, jit_compile=True), log=lambda _: None)
 
 
 def test_a_model_dir_of_another_run_is_refused(tiny_data, tmp_path):
