@@ -4,7 +4,10 @@
 returns class probabilities of the target head; `serving_examples` takes
 serialized tf.Example protos with ImageNet-style features (the TFX and TF
 Serving convention). Both apply the run's own evaluation preprocessing, so a
-served model sees exactly what evaluation saw. Keras 3 `model.save(dir)`
+served model sees exactly what evaluation saw. Outputs: `probabilities`
+[batch, target classes] and `classes`, the index of the most probable class,
+0-based like the training labels after --target_label_offset is subtracted
+(add the offset back for labels stored 1-based). Keras 3 `model.save(dir)`
 cannot write this, hence `tf.saved_model.save` on a tf.Module.
 """
 
@@ -24,6 +27,11 @@ class ServingModule(tf.Module):
     self._data = data
 
   def _probabilities(self, encoded: tf.Tensor) -> dict:
+    """Outputs for a batch of encoded images; an empty request gets empty outputs
+    (the encoder's convolutions reject a batch of zero)."""
+    return tf.cond(tf.size(encoded) > 0, lambda: self._predict(encoded), self._no_outputs)
+
+  def _predict(self, encoded: tf.Tensor) -> dict:
     images = tf.map_fn(
         lambda image: input_pipeline.preprocess_eval(
             input_pipeline.decode_image(image, self._data.num_channels), self._data),
@@ -32,6 +40,10 @@ class ServingModule(tf.Module):
     probabilities = tf.nn.softmax(logits)
     return {'probabilities': probabilities,
             'classes': tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+  def _no_outputs(self) -> dict:
+    return {'probabilities': tf.zeros([0, self.target_head.units]),
+            'classes': tf.zeros([0], tf.int32)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='images')])
   def serve_images(self, images):

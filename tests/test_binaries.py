@@ -78,10 +78,15 @@ examples = np.load({str(tmp_path / 'examples.npy')!r}, allow_pickle=True).tolist
 a = loaded.signatures['serving_default'](images=tf.constant(encoded))['probabilities']
 b = loaded.signatures['serving_examples'](examples=tf.constant(examples))['probabilities']
 np.save({str(tmp_path / 'served.npy')!r}, np.stack([a.numpy(), b.numpy()]))
+empty = loaded.signatures['serving_default'](images=tf.constant([], tf.string))
+np.save({str(tmp_path / 'empty.npy')!r}, np.array([empty['probabilities'].shape[0],
+        empty['probabilities'].shape[1], empty['classes'].shape[0]]))
 '''
   subprocess.run([sys.executable, '-c', script], check=True, timeout=300,
                  env=QUIET_ENV)
   served = np.load(tmp_path / 'served.npy')
+  # An empty request is answered with empty outputs, not an error.
+  np.testing.assert_array_equal(np.load(tmp_path / 'empty.npy'), [0, served.shape[-1], 0])
 
   run = runs.restore_for_inference(trained)
   data = run.config.data
