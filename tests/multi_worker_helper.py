@@ -1,14 +1,14 @@
 """One worker process of tests/test_multi_worker.py.
 
-  TF_CONFIG=... python tests/multi_worker_helper.py CONFIG_JSON OUT_NPZ [STOP_AT]
+  TF_CONFIG=... python tests/multi_worker_helper.py CONFIG_JSON OUT_NPZ [STOP_STEP]
 
 Trains the Config saved in CONFIG_JSON with `loop.run_training` (so
 --strategy=multi_worker builds MultiWorkerMirroredStrategy from TF_CONFIG)
 and saves every variable of the run to OUT_NPZ. The encoder is `conv_encoder`,
 registered as ENCODER_NAME: it has no BatchNorm, whose per-replica batch
-statistics would differ from one process's by design. With STOP_AT, the
-process exits like a crash once a progress line containing STOP_AT is logged
-(after that loop's steps, before its checkpoint), and writes no OUT_NPZ.
+statistics would differ from one process's by design. With STOP_STEP, the
+process exits like a crash once step STOP_STEP has run, just before its
+checkpoint would be saved, and writes no OUT_NPZ.
 
 The test imports this file too, for the encoder and `run_state`.
 """
@@ -61,12 +61,12 @@ def run_state(run: runs.Run) -> dict:
 
 
 class Stop(Exception):
-  """Raised from the progress log to stop training like a crash."""
+  """Raised just before a checkpoint save to stop training like a crash."""
 
 
 def main(argv) -> None:
   config_path, out_path = argv[1], argv[2]
-  stop_at = argv[3] if len(argv) > 3 else ''
+  stop_step = int(argv[3]) if len(argv) > 3 else 0
   register_encoder()
   with open(config_path) as f:
     config = Config.from_dict(json.load(f))
@@ -76,14 +76,16 @@ def main(argv) -> None:
     built.append(build(*args, **kwargs))
     return built[-1]
 
-  def log(line):
-    loop.print_flushed(line)
-    if stop_at and stop_at in line:
-      raise Stop(line)
+  def check_then_stop(run, step):
+    if step == stop_step:
+      raise Stop(f'step {step}')
+    check(run, step)
 
   build, runs.build = runs.build, build_and_keep
+  check, loop._stop_if_weights_diverged = (  # pylint: disable=protected-access
+      loop._stop_if_weights_diverged, check_then_stop)  # pylint: disable=protected-access
   try:
-    loop.run_training(config, log=log)
+    loop.run_training(config, log=loop.print_flushed)
   except Stop as stop:
     print(f'Stopped as asked after: {stop}', flush=True)
     # Exit at once, like a crash: a normal exit would wait about 10 s for the

@@ -173,7 +173,7 @@ def cluster_run(tiny_data, tmp_path_factory, conv_encoder) -> ClusterRun:
                        checkpoint_every=2, model=ModelConfig(backbone=helper.ENCODER_NAME))
   config_path = root / 'config.json'
   config_path.write_text(config.to_json())
-  crashed = run_cluster(str(config_path), str(root), 'crashed', f'step {TRAIN_STEPS}/')
+  crashed = run_cluster(str(config_path), str(root), 'crashed', str(TRAIN_STEPS))
   latest_after_crash = tf.train.latest_checkpoint(config.model_dir)
   resumed = run_cluster(str(config_path), str(root), 'resumed')
   states = [dict(np.load(root / f'resumed_worker{i}.npz')) for i in range(NUM_WORKERS)]
