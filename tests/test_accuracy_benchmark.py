@@ -321,3 +321,41 @@ def test_flagfiles_agree_with_the_registry(scenario, tiny_scenarios):
                 schedule.warmup_steps, schedule.eval_every), where
     assert (config.model.backbone, config.data.image_size, config.data.num_channels,
             config.data.random_flip) == ('small_cnn', 28, 1, False), where
+
+
+@pytest.mark.parametrize('stopped_stage', ['pretrain', 'finetune'])
+def test_a_run_stopped_by_sigterm_is_not_recorded_and_stops_the_suite(tmp_path, raw,
+                                                                       monkeypatch,
+                                                                       stopped_stage):
+  """SIGTERM ends training early with a checkpoint: that part-trained model must not
+  be evaluated and saved as a finished record, nor warm-start later methods."""
+  bench = _bench(tmp_path, raw, _tiny_suite(methods=('finetune', 'uniform')))
+  original, trained = accuracy.train, []
+
+  def stopped_early(config, log, resume=False):
+    result = original(config, log, resume)
+    trained.append(os.path.basename(config.model_dir))
+    if trained[-1] == stopped_stage:
+      result = dataclasses.replace(result, preempted=True)
+    return result
+  monkeypatch.setattr(accuracy, 'train', stopped_early)
+  with pytest.raises(accuracy.Preempted, match='on SIGTERM; nothing was recorded'):
+    accuracy.run_suite(bench)
+  assert trained[-1] == stopped_stage  # nothing ran after it
+  job = accuracy.jobs(bench.suite)[0]
+  assert not os.path.exists(bench.result_path(job))
+  assert os.path.exists(bench.pretrain_result_path(job)) == (stopped_stage != 'pretrain')
+
+
+def test_bar_checks_do_not_compare_means_over_different_runs():
+  """Mid-suite, l2tl_ours may have three runs of a cell and fine-tuning one: the
+  means are not comparable, so the check is listed as pending, not met or missed."""
+  rows = [_row('digits', 5, 'finetune', 80.0, runs=1, run_keys=[[0, 0]]),
+          _row('digits', 5, 'l2tl_ours', 70.0, runs=3, run_keys=[[0, 0], [0, 1], [0, 2]]),
+          _row('digits', 5, 'uniform', 60.0, runs=3, run_keys=[[0, 0], [0, 1], [0, 2]])]
+  checks = {c['check']: c['met'] for c in accuracy.bar_checks(rows, 'l2tl_ours')}
+  assert checks == {'>= finetune + 2': None, '>= finetune - 1 std': None, '>= uniform': True}
+  text = '\n'.join(accuracy.bar_lines(rows))
+  assert ('1 of 3 comparisons met (2 not comparable yet: the two methods ran on different '
+          '(split, seed) runs)') in text
+  assert '| >= finetune + 2 | digits | 5 | 70.00 | >= 82.00 | n/a: 3 runs vs 1' in text
