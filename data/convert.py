@@ -7,6 +7,8 @@ r"""Converts a labelled image set to sharded ImageNet-style TFRecords.
       --output_prefix=out/train
   python data/convert.py --format=folder --input=photos/ --image_size=64 \
       --output_prefix=out/train
+  python data/convert.py --format=folder --input=photos_test/ --image_size=64 \
+      --class_names=out/class_names.txt --output_prefix=out/test   # same class ids
 
 Writes `{output_prefix}-0000i-of-0000N` shards and `class_names.txt` beside
 them, and prints the file pattern to pass as --source_train / --target_train.
@@ -27,8 +29,10 @@ flags.DEFINE_string('labels', None, 'IDX label file (--format=idx only).')
 flags.DEFINE_string('output_prefix', None, 'Shard path prefix, e.g. out/train.')
 flags.DEFINE_integer('num_shards', 1, 'Number of TFRecord shards.')
 flags.DEFINE_string('class_names', None,
-                    'Text file, one class name per line, overriding the names the input '
-                    'carries (npz class_names, folder names) or the default ids.')
+                    'Text file, one class name per line. folder: the label space, each '
+                    'folder taking the id of its name (pass the training set\'s '
+                    'class_names.txt for its test folder). Other formats: names for the '
+                    'ids the input stores, overriding npz class_names or the default ids.')
 flags.DEFINE_string('image_key', 'x', 'npz: array of images.')
 flags.DEFINE_string('label_key', 'y', 'npz: array of labels.')
 flags.DEFINE_string('names_key', 'class_names', 'npz: array of class names (if present).')
@@ -51,11 +55,26 @@ def read_input() -> bench_data.LabelledImages:
     data = bench_data.read_csv(FLAGS.input, FLAGS.label_column,
                                tuple(int(d) for d in FLAGS.image_shape))
   else:
-    data = bench_data.read_image_folder(FLAGS.input, FLAGS.image_size, FLAGS.channels)
+    names = records.read_class_names(FLAGS.class_names) if FLAGS.class_names else None
+    return bench_data.read_image_folder(FLAGS.input, FLAGS.image_size, FLAGS.channels, names)
   if FLAGS.class_names:
     data = bench_data.labelled(data.images, data.labels,
                                records.read_class_names(FLAGS.class_names))
   return data
+
+
+def check_names_beside(output_prefix: str, class_names) -> None:
+  """Refuses to overwrite another set's class_names.txt with other names.
+
+  Sets written into one folder share its class_names.txt: a test set whose
+  names differ from the training set's would replace them and silently
+  relabel the training set.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(output_prefix)), records.CLASS_NAMES_FILE)
+  if os.path.exists(path) and records.read_class_names(path) != list(class_names):
+    sys.exit(f'Error: {path} holds other class names ({len(records.read_class_names(path))}, '
+             f'this set has {len(class_names)}). Pass --class_names={path} so that this set '
+             'uses the same ids, or write it to another folder.')
 
 
 def main(argv):
@@ -66,6 +85,7 @@ def main(argv):
   if not os.path.exists(FLAGS.input):
     sys.exit(f'Error: --input={FLAGS.input} does not exist.')
   data = read_input()
+  check_names_beside(FLAGS.output_prefix, data.class_names)
   pattern = bench_data.write_labelled(FLAGS.output_prefix, data, FLAGS.num_shards)
   print(f'Wrote {len(data.labels)} images of shape {data.images.shape[1:]} in '
         f'{data.num_classes} classes to {pattern}')

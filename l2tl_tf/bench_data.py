@@ -77,8 +77,22 @@ class LabelledImages:
 
 
 def labelled(images, labels, class_names: Optional[Sequence[str]] = None) -> LabelledImages:
-  """A `LabelledImages`, naming classes by their ids when no names are given."""
-  labels = np.asarray(labels).astype(np.int64)
+  """A `LabelledImages`, naming classes by their ids when no names are given.
+
+  Raises:
+    ValueError: for labels that are not whole numbers >= 0 (a float 1.7 was
+      cut to 1), fewer or more labels than images, or labels past the names.
+  """
+  raw = np.asarray(labels)
+  if raw.size and (not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)) or raw.min() < 0):
+    bad = raw[~np.isfinite(raw) | (raw != np.round(raw)) | (raw < 0)][:5]
+    raise ValueError(f'Labels must be whole numbers >= 0; found {bad.tolist()}.')
+  labels = raw.astype(np.int64)
+  if len(labels) != len(images):
+    raise ValueError(f'{len(images)} images but {len(labels)} labels.')
+  if class_names is not None and len(labels) and labels.max() >= len(class_names):
+    raise ValueError(f'Label {int(labels.max())} has no name: {len(class_names)} class names '
+                     'were given.')
   if class_names is None:
     class_names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
   return LabelledImages(np.asarray(images), labels, tuple(str(n) for n in class_names))
@@ -201,51 +215,87 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 
 
 def read_image_folder(root: str, image_size: Optional[int] = None,
-                      channels: Optional[int] = None) -> LabelledImages:
+                      channels: Optional[int] = None,
+                      class_names: Optional[Sequence[str]] = None) -> LabelledImages:
   """Reads `root/<class name>/<image file>`: one sub-folder per class.
 
-  Classes are the sub-folders in sorted order; images are stacked into one
-  array, so they must share a size unless `image_size` resizes them all.
+  Without `class_names`, classes are the sub-folders in sorted order (hidden
+  folders such as `.ipynb_checkpoints` are skipped). With them, each folder
+  takes the id of its name in that list: pass the training set's
+  class_names.txt when converting its validation or test folder, so that a
+  class missing from one set shifts no other class's id. Images are read one
+  at a time (one open file, one full-size image in memory) and stacked, so
+  they must share a size unless `image_size` resizes them all. 16-bit
+  grayscale is scaled to 8 bits, not clipped.
 
   Args:
     root: the folder of class folders.
     image_size: resize every image to image_size x image_size (bilinear).
     channels: 1 (grayscale) or 3 (RGB); by default 1 when every image is
       grayscale, else 3.
+    class_names: the label space to store ids in (see above).
 
   Raises:
     ImportError: without Pillow.
-    ValueError: for an empty folder, an unknown channel count or images of
-      different sizes without `image_size`.
+    ValueError: for an empty folder, a folder not in `class_names`, an
+      unknown channel count or images of different sizes without
+      `image_size`.
   """
   try:
     from PIL import Image  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ImportError('read_image_folder needs Pillow: pip install pillow.') from error
-  names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-  files, labels = [], []
-  for label, name in enumerate(names):
-    for file in sorted(os.listdir(os.path.join(root, name))):
+  folders = sorted(d for d in os.listdir(root)
+                   if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
+  names = list(class_names) if class_names is not None else folders
+  ids = {name: i for i, name in enumerate(names)}
+  unknown = [folder for folder in folders if folder not in ids]
+  if unknown:
+    raise ValueError(f'{root} has class folders {unknown[:5]} that are not in the '
+                     f'{len(names)} given class names: is it the same label space?')
+  paths, labels = [], []
+  for folder in folders:
+    for file in sorted(os.listdir(os.path.join(root, folder))):
       if file.lower().endswith(IMAGE_EXTENSIONS):
-        files.append(os.path.join(root, name, file))
-        labels.append(label)
-  if not files:
+        paths.append(os.path.join(root, folder, file))
+        labels.append(ids[folder])
+  if not paths:
     raise ValueError(f'{root} has no class folders holding {"/".join(IMAGE_EXTENSIONS)} images.')
-  opened = [Image.open(path) for path in files]
   if channels is None:
-    channels = 1 if all(image.mode in ('1', 'L', 'I', 'I;16', 'F') for image in opened) else 3
+    channels = 1 if all(_image_mode(Image, path) in GRAYSCALE_MODES for path in paths) else 3
   if channels not in (1, 3):
     raise ValueError(f'channels={channels}: only 1 (grayscale) and 3 (RGB) are supported.')
-  mode = 'L' if channels == 1 else 'RGB'
-  images = [image.convert(mode) for image in opened]
-  if image_size:
-    images = [image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-              for image in images]
-  sizes = sorted({image.size for image in images})
+  images = [_read_image(Image, path, channels, image_size) for path in paths]
+  sizes = sorted({image.shape[:2] for image in images})
   if len(sizes) > 1:
     raise ValueError(f'{root} holds images of sizes {sizes[:5]}: pass an image size to '
                      'resize them to one size.')
-  return labelled(np.stack([np.asarray(image) for image in images]), labels, names)
+  return labelled(np.stack(images), labels, names)
+
+
+GRAYSCALE_MODES = ('1', 'L', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+
+
+def _image_mode(image_module, path: str) -> str:
+  """The file's Pillow mode, from its header only."""
+  with image_module.open(path) as image:
+    return image.mode
+
+
+def _read_image(image_module, path: str, channels: int, image_size: Optional[int]) -> np.ndarray:
+  """One image as uint8 [H, W] or [H, W, 3], resized when asked; the file is closed after."""
+  with image_module.open(path) as image:
+    if image.mode.startswith('I'):
+      # 16-bit grayscale ('I;16*', or 'I' holding values above 255): its top 8
+      # bits, where convert('L') would clip everything above 255 to white.
+      values = np.asarray(image).astype(np.int64)
+      if image.mode != 'I' or values.max() > 255:
+        values = values >> 8
+      image = image_module.fromarray(values.clip(0, 255).astype(np.uint8), 'L')
+    image = image.convert('L' if channels == 1 else 'RGB')
+    if image_size:
+      image = image.resize((image_size, image_size), image_module.Resampling.BILINEAR)
+    return np.asarray(image).copy()
 
 
 # ---------------------------------------------------------------- writing

@@ -140,6 +140,75 @@ def test_read_image_folder(tmp_path):
   assert resized.images.shape == (6, 8, 8, 3)
 
 
+def _folder_set(root, classes, rng, per_class=2, shape=(6, 6)):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in classes:
+    os.makedirs(root / name, exist_ok=True)
+    for i in range(per_class):
+      Image.fromarray(_images(rng, 1, shape)[0]).save(root / name / f'{i}.png')
+
+
+def test_a_folder_missing_a_class_keeps_the_training_ids(tmp_path):
+  """Ids by sorted folder name shifted 'fox' to 1 in a test folder without 'dog'."""
+  rng = np.random.default_rng(5)
+  _folder_set(tmp_path / 'train', ['cat', 'dog', 'fox'], rng)
+  _folder_set(tmp_path / 'test', ['cat', 'fox'], rng)
+  os.makedirs(tmp_path / 'test' / '.ipynb_checkpoints')  # hidden: not a class
+  train = bench_data.read_image_folder(str(tmp_path / 'train'))
+  test = bench_data.read_image_folder(str(tmp_path / 'test'), class_names=train.class_names)
+  assert test.class_names == ('cat', 'dog', 'fox') and test.labels.tolist() == [0, 0, 2, 2]
+  assert bench_data.read_image_folder(str(tmp_path / 'test')).class_names == ('cat', 'fox')
+  _folder_set(tmp_path / 'test', ['emu'], rng)
+  with pytest.raises(ValueError, match=r"class folders \['emu'\] that are not in the 3 given"):
+    bench_data.read_image_folder(str(tmp_path / 'test'), class_names=train.class_names)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  levels = (np.arange(64, dtype=np.uint16) * 1024).reshape(8, 8)
+  os.makedirs(tmp_path / 'set' / 'a')
+  Image.fromarray(levels).save(tmp_path / 'set' / 'a' / 'deep.png')
+  data = bench_data.read_image_folder(str(tmp_path / 'set'))
+  np.testing.assert_array_equal(data.images[0], (levels >> 8).astype(np.uint8))
+
+
+def test_a_folder_larger_than_the_open_file_limit_reads(tmp_path):
+  """Every file used to stay open until all were loaded: 'Too many open files'."""
+  _folder_set(tmp_path / 'set', ['a', 'b'], np.random.default_rng(6), per_class=60)
+  script = (
+      'import resource, sys\n'
+      'resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit('
+      'resource.RLIMIT_NOFILE)[1]))\n'
+      'from l2tl_tf import bench_data\n'
+      f'print(len(bench_data.read_image_folder({str(tmp_path / "set")!r}).labels))\n')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split()[-1] == '120'
+
+
+def test_convert_cli_keeps_one_label_space_per_folder(tmp_path):
+  """A test set written beside the training set must not replace its class names."""
+  rng = np.random.default_rng(7)
+  _folder_set(tmp_path / 'train', ['cat', 'dog', 'fox'], rng)
+  _folder_set(tmp_path / 'test', ['cat', 'fox'], rng)
+  out = tmp_path / 'out'
+
+  def convert(folder, *extra):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, 'data', 'convert.py'), '--format=folder',
+         f'--input={tmp_path / folder}', f'--output_prefix={out / folder}', *extra],
+        capture_output=True, text=True, timeout=120, check=False)
+  assert convert('train').returncode == 0
+  refused = convert('test')
+  assert refused.returncode != 0 and 'holds other class names' in refused.stderr
+  assert records.read_class_names(str(out / 'class_names.txt')) == ['cat', 'dog', 'fox']
+  done = convert('test', f'--class_names={out / "class_names.txt"}')
+  assert done.returncode == 0, done.stderr[-2000:]
+  labels = input_pipeline.scan_labels(str(out / 'test-*-of-00001'), DataConfig(), 0)
+  assert sorted(labels.tolist()) == [0, 0, 2, 2]
+
+
 def test_write_dataset_reads_back_with_names(tmp_path):
   rng = np.random.default_rng(4)
   images, labels = _images(rng, 7), np.array([0, 1, 2, 0, 1, 2, 0])
@@ -362,3 +431,14 @@ def test_caps_shrink_the_source_but_not_the_target(built, raw, tmp_path):
   for split in ('train', 'val', 'test'):
     name = f'target/{split}-00000-of-00001'
     assert capped_tree[name] == full_tree[name]
+
+
+@pytest.mark.parametrize('labels, names, message', [
+    ([0, 1.7, 2], None, r'whole numbers >= 0; found \[1.7\]'),  # was cut to 1
+    ([0, -1, 2], None, r'whole numbers >= 0; found \[-1\]'),
+    ([0, 1], None, '3 images but 2 labels'),
+    ([0, 1, 3], ['a', 'b', 'c'], 'Label 3 has no name: 3 class names'),
+])
+def test_labels_that_cannot_be_class_ids_are_refused(labels, names, message):
+  with pytest.raises(ValueError, match=message):
+    bench_data.labelled(np.zeros((3, 4, 4), np.uint8), np.array(labels), names)
