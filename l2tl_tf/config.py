@@ -351,6 +351,12 @@ def validate(config: Config) -> None:
            f'--eval_batch_size={config.eval_batch_size} must be > 0.')
   _require(data.val_examples_per_class >= 0,
            f'--val_examples_per_class={data.val_examples_per_class} must be >= 0.')
+  _require(data.examples_per_class >= 0,
+           f'--examples_per_class={data.examples_per_class} must be >= 0 (0: every example '
+           'left after the validation carve-out).')
+  _require(not (data.target_val and data.val_examples_per_class),
+           f'--target_val and --val_examples_per_class={data.val_examples_per_class} both give '
+           'a validation set: pass one (the carve-out would be ignored).')
   _require(not (config.eval_every and config.mode.uses_target)
            or data.target_val or data.val_examples_per_class > 0,
            f'--eval_every={config.eval_every} asks for validation top-1 but there is no '

@@ -16,6 +16,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   flag_defs.check_command_line(argv, required=('model_dir',))
+  if FLAGS.num_samples < 1:  # 0 samples: NaN weights written over the ranking
+    raise app.UsageError(f'--num_samples={FLAGS.num_samples} must be >= 1.')
   run = runs.restore_for_inference(FLAGS.model_dir)
   if run.policy is None:
     raise app.UsageError(f'{FLAGS.model_dir} is a {run.config.mode.value} run: it has no policy.')

@@ -31,6 +31,8 @@ class RankedClass:
 def rank_source_classes(policy: Policy, class_names: list[str], num_samples: int = 10_000,
                         seed: int = 0) -> list[RankedClass]:
   """Source classes sorted by mean sampled lambda (ties by class id)."""
+  if num_samples < 1:
+    raise ValueError(f'num_samples={num_samples}: the ranking needs at least one sample.')
   means, stds = sampled_class_weights(policy, num_samples, seed)
   return ranked_by_weight(means, class_names, stds)
 

@@ -130,7 +130,9 @@ def test_gzip_compressed_shards_are_checked_record_by_record(tiny_data, tmp_path
 @pytest.mark.parametrize('flag', ['source_train', 'target_train', 'target_val', 'target_test'])
 def test_a_pattern_matching_nothing_names_its_flag(tiny_data, tmp_path, good_run, flag):
   missing = str(tmp_path / 'nowhere' / 'train-*')
-  config = with_data(tiny_config(tiny_data, tmp_path / 'run'), **{flag: missing})
+  # A --target_val replaces the carve-out (giving both is refused).
+  carve_out = {'val_examples_per_class': 0} if flag == 'target_val' else {}
+  config = with_data(tiny_config(tiny_data, tmp_path / 'run'), **{flag: missing}, **carve_out)
   message = fails_early(config, 'matches no file', good_run)
   assert f'--{flag}:' in message and missing in message and 'Check the path' in message
 
@@ -211,7 +213,8 @@ def test_one_based_target_labels_suggest_the_offset_flag(tiny_data, tmp_path, go
 def test_a_reward_set_without_some_class_is_refused(tiny_data, tmp_path, good_run):
   val = [example for example in examples(40, TARGET_CLASSES) if example[1] != 3]
   pattern = write_shards(tmp_path / 'val' / 'val', [val])
-  config = with_data(tiny_config(tiny_data, tmp_path / 'run'), target_val=pattern)
+  config = with_data(tiny_config(tiny_data, tmp_path / 'run'), target_val=pattern,
+                     val_examples_per_class=0)
   message = fails_early(config, 'has no example of target class 3', good_run)
   assert f'--target_val={pattern} has no example of target class 3' in message
   assert '--val_examples_per_class' in message

@@ -61,6 +61,19 @@ def test_rank_samples_the_policy_into_the_weights_csv(trained):
   assert list(rows[0]) == ['source_class_id', 'name', 'expected_lambda', 'std']
 
 
+def test_rank_refuses_zero_samples_and_keeps_the_weights_csv(trained):
+  """0 samples gave NaN weights, written over the run's ranking."""
+  path = os.path.join(trained, 'source_class_weights.csv')
+  with open(path, 'rb') as f:
+    before = f.read()
+  result = subprocess.run(binary_command('rank', f'--model_dir={trained}', '--num_samples=0'),
+                          env=QUIET_ENV, capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode != 0 and '--num_samples=0 must be >= 1' in result.stderr
+  with open(path, 'rb') as f:
+    assert f.read() == before
+
+
 def test_exported_saved_model_reloads_in_a_fresh_process_and_matches(trained, tmp_path):
   export_dir = str(tmp_path / 'export')
   run_binary('export', f'--model_dir={trained}', f'--export_dir={export_dir}')

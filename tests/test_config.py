@@ -104,3 +104,14 @@ def test_a_validation_curve_without_a_validation_set_is_refused(tiny_data, tmp_p
                      'no validation set'):
     config_lib.validate(config)
   config_lib.validate(dataclasses.replace(config, eval_every=0))
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(examples_per_class=-1), r'--examples_per_class=-1 must be >= 0'),  # meant "all"
+    (dict(target_val='val-*', val_examples_per_class=5),
+     r'--target_val and --val_examples_per_class=5 both give a validation set'),
+])
+def test_subset_sizes_that_would_be_misread_are_refused(tiny_data, tmp_path, changes, message):
+  config = _with(tiny_config(tiny_data, tmp_path), 'data', **changes)
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
