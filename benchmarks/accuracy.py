@@ -364,10 +364,31 @@ def write_json(path: str, value: dict) -> None:
   os.replace(partial, path)
 
 
-def finished(path: str, expected_fingerprint: str) -> Optional[dict]:
-  """The record at `path` when it was computed from the expected configs."""
+def data_fingerprint(scenario: dict) -> str:
+  """Identifies the built data a record was computed from, the same on any machine.
+
+  Configs hold only file paths, so rebuilding a scenario with other build
+  options, another builder version or other input files left old records
+  looking finished. This covers the build parameters (input files by size,
+  not path) and what was built: each dataset's size and classes.
+  """
+  params = dict(scenario['params'])
+  params['inputs'] = {name: [entry[-1] for entry in value] if isinstance(value, list) else value
+                      for name, value in params.get('inputs', {}).items()}
+  built = {name: {key: dataset.get(key) for key in ('num_examples', 'num_classes',
+                                                    'classes_present')}
+           for name, dataset in scenario['datasets'].items()}
+  text = json.dumps([params, built, scenario.get('planted_class_ids')], sort_keys=True)
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
+
+
+def finished(path: str, expected_fingerprint: str, expected_data: str) -> Optional[dict]:
+  """The record at `path` when it was computed from the expected configs and data."""
   record = read_json(path)
-  return record if record and record.get('fingerprint') == expected_fingerprint else None
+  if (record and record.get('fingerprint') == expected_fingerprint
+      and record.get('data_fingerprint') == expected_data):
+    return record
+  return None
 
 
 # Exit status after SIGTERM, as l2tl-train's: rerun the command to go on.
@@ -411,7 +432,7 @@ def ensure_pretrain(bench: Bench, job: Job, scenario: dict) -> Config:
   """Runs (or reuses, or resumes) the pretraining shared by `job`'s cell."""
   config = stage_config(bench, job, PRETRAIN, scenario)
   path = bench.pretrain_result_path(job)
-  if finished(path, fingerprint([config])):
+  if finished(path, fingerprint([config]), data_fingerprint(scenario)):
     return config
   bench.log(f'Pretraining {job.scenario} split {job.split} seed {job.seed}.')
   started = time.time()
@@ -420,7 +441,8 @@ def ensure_pretrain(bench: Bench, job: Job, scenario: dict) -> Config:
   write_json(path, {'scenario': job.scenario, 'split': job.split, 'seed': job.seed,
                     'seconds': time.time() - started, 'steps': result.steps,
                     'final_metrics': result.final_metrics,
-                    'fingerprint': fingerprint([config]), 'config': config.to_dict()})
+                    'fingerprint': fingerprint([config]),
+                    'data_fingerprint': data_fingerprint(scenario), 'config': config.to_dict()})
   return config
 
 
@@ -432,8 +454,8 @@ def run_job(bench: Bench, job: Job, scenario: dict) -> dict:
   """Runs one method on one cell (unless finished) and returns its record."""
   pretrain_config = ensure_pretrain(bench, job, scenario)
   configs = method_configs(bench, job, scenario)
-  expected = fingerprint([pretrain_config, *configs])
-  record = finished(bench.result_path(job), expected)
+  expected, data = fingerprint([pretrain_config, *configs]), data_fingerprint(scenario)
+  record = finished(bench.result_path(job), expected, data)
   if record:
     return record
   bench.log(f'Running {job.key}.')
@@ -446,7 +468,8 @@ def run_job(bench: Bench, job: Job, scenario: dict) -> dict:
   test = evaluation.evaluate(configs[-1].model_dir, 'test')
   record = make_record(job, result, test['top1'], time.time() - started, scenario,
                        method.ranks_sources)
-  record.update(fingerprint=expected, configs=[c.to_dict() for c in configs])
+  record.update(fingerprint=expected, data_fingerprint=data,
+                configs=[c.to_dict() for c in configs])
   write_json(bench.result_path(job), record)
   return record
 
@@ -568,7 +591,7 @@ def finished_records(bench: Bench) -> list[dict]:
       continue
     configs = [stage_config(bench, job, PRETRAIN, scenario),
                *method_configs(bench, job, scenario)]
-    record = finished(bench.result_path(job), fingerprint(configs))
+    record = finished(bench.result_path(job), fingerprint(configs), data_fingerprint(scenario))
     if record:
       records.append(record)
   return records

@@ -359,3 +359,19 @@ def test_bar_checks_do_not_compare_means_over_different_runs():
   assert ('1 of 3 comparisons met (2 not comparable yet: the two methods ran on different '
           '(split, seed) runs)') in text
   assert '| >= finetune + 2 | digits | 5 | 70.00 | >= 82.00 | n/a: 3 runs vs 1' in text
+
+
+def test_rebuilt_data_invalidates_finished_runs(tmp_path, raw, monkeypatch):
+  """Configs hold only paths: a scenario rebuilt with other build options in the
+  same folders used to leave the old records (and pretraining) looking finished."""
+  trained = _CountingTrain(monkeypatch)
+  suite = _tiny_suite(methods=('finetune',))
+  accuracy.run_suite(_bench(tmp_path, raw, suite))
+  assert sorted(trained.model_dirs) == ['finetune', 'pretrain']
+  trained.model_dirs.clear()
+  smaller = dataclasses.replace(suite.build_options,
+                                pool_per_class=suite.build_options.pool_per_class - 1)
+  rebuilt = _bench(tmp_path, raw, dataclasses.replace(suite, build_options=smaller))
+  accuracy.run_suite(rebuilt)
+  assert sorted(trained.model_dirs) == ['finetune', 'pretrain']
+  assert len(accuracy.finished_records(rebuilt)) == 1
