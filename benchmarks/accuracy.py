@@ -711,7 +711,7 @@ def bar_checks(rows: Sequence[dict], method: str) -> list[dict]:
     same_runs = row.get('run_keys') == ref.get('run_keys')
     checks.append({'check': name, 'scenario': row['scenario'], 'k': row['k'],
                    'value': row['test_top1'], 'threshold': threshold,
-                   'met': row['test_top1'] >= threshold if same_runs else None,
+                   'met': bool(row['test_top1'] >= threshold) if same_runs else None,
                    'runs': (row.get('runs'), ref.get('runs'))})
   for row in (r for r in rows if r['method'] == method):
     if is_planted(row['scenario']):
@@ -719,7 +719,8 @@ def bar_checks(rows: Sequence[dict], method: str) -> list[dict]:
         fewest = min(row['planted_in_top20'])
         checks.append({'check': f'planted in top {TOP_SOURCES}, fewest over runs',
                        'scenario': row['scenario'], 'k': row['k'], 'value': fewest,
-                       'threshold': BAR_PLANTED_IN_TOP, 'met': fewest >= BAR_PLANTED_IN_TOP})
+                       'threshold': BAR_PLANTED_IN_TOP,
+                       'met': bool(fewest >= BAR_PLANTED_IN_TOP)})
       compare(row, '>= uniform', 'uniform')
     elif row['k'] <= BAR_NATURAL_MAX_K:
       compare(row, f'>= finetune + {BAR_NATURAL_MARGIN:g}', 'finetune', BAR_NATURAL_MARGIN)
