@@ -32,8 +32,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from absl import app, flags
 import numpy as np
 
-from l2tl_tf import (bench_data, datl, evaluation, flag_defs, input_pipeline, lambda_prior, loop,
-                     ranking, runs)
+from l2tl_tf import (bench_data, datl, evaluation, files, flag_defs, input_pipeline,
+                     lambda_prior, loop, ranking, runs)
 from l2tl_tf.config import Config, DataConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -358,10 +358,7 @@ def read_json(path: str) -> Optional[dict]:
 def write_json(path: str, value: dict) -> None:
   """Writes atomically, so an interrupted write never looks finished."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  partial = path + '.partial'
-  with open(partial, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, ensure_ascii=False)
-  os.replace(partial, path)
+  files.write_text_atomically(path, json.dumps(value, indent=1, ensure_ascii=False))
 
 
 def data_fingerprint(scenario: dict) -> str:

@@ -71,10 +71,11 @@ def check_names_beside(output_prefix: str, class_names) -> None:
   relabel the training set.
   """
   path = os.path.join(os.path.dirname(os.path.abspath(output_prefix)), records.CLASS_NAMES_FILE)
-  if os.path.exists(path) and records.read_class_names(path) != list(class_names):
-    sys.exit(f'Error: {path} holds other class names ({len(records.read_class_names(path))}, '
-             f'this set has {len(class_names)}). Pass --class_names={path} so that this set '
-             'uses the same ids, or write it to another folder.')
+  existing = records.read_class_names(path) if os.path.exists(path) else list(class_names)
+  if existing != list(class_names):
+    sys.exit(f'Error: {path} holds other class names ({len(existing)}, this set has '
+             f'{len(class_names)}). Pass --class_names={path} so that this set uses the same '
+             'ids, or write it to another folder.')
 
 
 def main(argv):

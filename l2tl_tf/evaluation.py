@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from l2tl_tf import files, input_pipeline, runs
+from l2tl_tf import files, input_pipeline, preflight, runs
 from l2tl_tf.runs import Run
 
 METRICS_FILE = 'metrics.json'
@@ -101,7 +101,7 @@ def check_labels(labels: np.ndarray, num_classes: int, split: str, config) -> No
   offset = config.data.target_label_offset
   hint = (f' They look 1-based (1..{num_classes}): the labels are read with '
           f'--target_label_offset={offset}; rerun with --target_label_offset={offset + 1}.'
-          if labels.min() >= 1 and labels.max() == num_classes else '')
+          if preflight.looks_one_based(labels, num_classes) else '')
   raise ValueError(
       f'The {split} split has {outside.size} of {labels.size} labels outside [0, {num_classes}) '
       f'for --target_num_classes={num_classes} (example {outside[0]}: label {labels[outside[0]]} '

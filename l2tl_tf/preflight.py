@@ -291,12 +291,17 @@ def _tf_reason(error: tf.errors.OpError) -> str:
   return ' '.join(text.split())
 
 
+def looks_one_based(labels: np.ndarray, num_classes: int) -> bool:
+  """Labels run 1..num_classes and 0 never appears: stored 1-based, read without the offset."""
+  return bool(labels.size and labels.max() == num_classes and labels.min() >= 1)
+
+
 def check_labels(dataset: DatasetCheck, scan: Scan) -> None:
   """Every label read is in [0, num_classes); 1-based labels get the offset flag named."""
   labels, count = scan.labels, dataset.num_classes
   count_flag = f'--{dataset.side}_num_classes={count}'
   offset_flag = f'--{dataset.side}_label_offset'
-  if labels.size and labels.max() == count and labels.min() >= 1:
+  if looks_one_based(labels, count):
     raise ValueError(f'{dataset.name} looks 1-based: its labels run {labels.min()}..{count} and '
                      f'0 never appears, but {count_flag} counts classes 0..{count - 1}. Pass '
                      f'{offset_flag}={dataset.label_offset + 1} (ImageNet TFRecords store '
