@@ -179,14 +179,30 @@ def _reads_in_parallel(files: list[str]) -> bool:
 
 def _tfds_dataset(parsed, data, input_context, shuffle_files_seed):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  read_config = tfds.ReadConfig(input_context=input_context,
-                                shuffle_seed=shuffle_files_seed)
-  dataset = tfds.load(parsed.tfds_name, split=parsed.tfds_split,
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_files_seed)
+  split = _tfds_pipeline_split(parsed.tfds_split, input_context)
+  dataset = tfds.load(parsed.tfds_name, split=split,
                       data_dir=data.tfds_data_dir, download=False,
                       shuffle_files=shuffle_files_seed is not None,
                       decoders={'image': tfds.decode.SkipDecoding()},
                       read_config=read_config)
   return dataset.map(lambda ex: (ex['image'], ex['label']), num_parallel_calls=AUTOTUNE)
+
+
+def _tfds_pipeline_split(split: str, input_context):
+  """This input pipeline's part of a TFDS split.
+
+  TFDS's `ReadConfig(input_context=...)` shards by file and raises when a split
+  has fewer files than there are input pipelines (a small target split on a
+  multi-host TPU pod). `tfds.even_splits` divides by example instead: the parts
+  are disjoint, cover the split, and work for any file count, as the TFRecord
+  path's fallback does.
+  """
+  if not input_context or input_context.num_input_pipelines <= 1:
+    return split
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.even_splits(split, n=input_context.num_input_pipelines)[
+      input_context.input_pipeline_id]
 
 
 def tfds_label_names(spec: str, data: DataConfig) -> Optional[list[str]]:

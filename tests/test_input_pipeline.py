@@ -272,6 +272,44 @@ def test_input_context_shards_source_files_between_pipelines(tiny_data, tmp_path
   assert len(seen[0]) + len(seen[1]) == 160
 
 
+class L2tlOneFileDigits(tfds.core.GeneratorBasedBuilder):
+  """A real local TFDS dataset whose splits are one file each (no download)."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(8, 8, 1)),
+        'label': tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(range(30)),
+            'test': self._generate_examples(range(100, 107))}
+
+  def _generate_examples(self, pixel_values):
+    for value in pixel_values:
+      yield value, {'image': np.full((8, 8, 1), value, np.uint8), 'label': value % 3}
+
+
+@pytest.mark.parametrize('split, size', [('train', 30), ('train[5:]', 25), ('train+test', 37)])
+def test_input_context_splits_a_one_file_tfds_split_between_pipelines(tmp_path, split, size):
+  """TFDS's own file sharding raises for fewer files than pipelines; by example it works."""
+  L2tlOneFileDigits(data_dir=str(tmp_path)).download_and_prepare()
+  data = DataConfig(tfds_data_dir=str(tmp_path))
+  spec = f'tfds:l2tl_one_file_digits/{split}'
+
+  def pixels(context):
+    dataset = input_pipeline.raw_dataset(spec, data, 0, context)
+    return [int(tf.io.decode_png(image)[0, 0, 0]) for image, _ in dataset.as_numpy_iterator()]
+
+  whole = pixels(None)
+  parts = [pixels(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
+                                             num_replicas_in_sync=2)) for i in range(2)]
+  assert len(whole) == size
+  assert not set(parts[0]) & set(parts[1])
+  assert sorted(parts[0] + parts[1]) == sorted(whole)
+  assert abs(len(parts[0]) - len(parts[1])) <= 1
+
+
 def test_global_batch_not_divisible_by_replicas_is_an_error(tiny_data, tmp_path):
   config = tiny_config(tiny_data, tmp_path, batch_size=3)
   context = tf.distribute.InputContext(1, 0, num_replicas_in_sync=2)
