@@ -19,8 +19,11 @@ def main(argv):
   if FLAGS.num_samples < 1:  # 0 samples: NaN weights written over the ranking
     raise app.UsageError(f'--num_samples={FLAGS.num_samples} must be >= 1.')
   run = runs.restore_for_inference(FLAGS.model_dir)
-  if run.policy is None:
-    raise app.UsageError(f'{FLAGS.model_dir} is a {run.config.mode.value} run: it has no policy.')
+  if run.policy is None or not run.config.mode.learns_lambda:
+    # uniform, fixed and random runs carry untrained lambda logits: a ranking
+    # of them would say nothing about the weights the run trained with.
+    raise app.UsageError(f'{FLAGS.model_dir} is a {run.config.mode.value} run: it did not '
+                         'learn lambda, so there is no ranking to write.')
   names = input_pipeline.source_class_names(run.config.data)
   ranked = ranking.rank_source_classes(run.policy, names, FLAGS.num_samples, run.config.seed)
   path = ranking.write_source_class_weights(ranked, FLAGS.model_dir)

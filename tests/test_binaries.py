@@ -74,6 +74,18 @@ def test_rank_refuses_zero_samples_and_keeps_the_weights_csv(trained):
     assert f.read() == before
 
 
+def test_rank_refuses_a_run_that_did_not_learn_lambda(trained, tmp_path):
+  """A uniform run's untrained logits were ranked as if learned (every class 0.5)."""
+  flagfile = os.path.join(os.path.dirname(trained), 'tiny.flags')
+  uniform = str(tmp_path / 'uniform')
+  run_binary('train', f'--flagfile={flagfile}', '--mode=uniform', f'--model_dir={uniform}',
+             '--train_steps=2', f'--warm_start_from={os.path.dirname(trained)}/pretrain')
+  result = subprocess.run(binary_command('rank', f'--model_dir={uniform}'), env=QUIET_ENV,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0 and 'did not learn lambda' in result.stderr
+  assert not os.path.exists(os.path.join(uniform, 'source_class_weights.csv'))
+
+
 def test_exported_saved_model_reloads_in_a_fresh_process_and_matches(trained, tmp_path):
   export_dir = str(tmp_path / 'export')
   run_binary('export', f'--model_dir={trained}', f'--export_dir={export_dir}')

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from l2tl_tf.config import PolicyConfig
+from l2tl_tf import policy as policy_module
 from l2tl_tf.policy import Actions, Policy, sampled_class_weights
 
 
@@ -81,6 +82,30 @@ def test_sampled_weights_converge_to_expected_lambda():
   means, stds = sampled_class_weights(policy, num_samples=10_000)
   np.testing.assert_allclose(means, policy.expected_lambda(), atol=0.02)
   assert stds[2] > stds[0]
+
+
+def test_one_sample_still_gives_a_weight_per_class():
+  policy = make_policy(num_classes=4)
+  means, stds = sampled_class_weights(policy, num_samples=1)
+  assert means.shape == stds.shape == (4,)
+  assert set(means.tolist()) <= set(policy.lambda_values(tf.range(4)).numpy().tolist())
+  np.testing.assert_array_equal(stds, 0.0)
+
+
+def test_large_rankings_are_drawn_in_chunks_with_the_same_statistics(monkeypatch):
+  """Above RANKING_DRAW_BYTES the draws come in chunks (bounded memory for JFT's 18k classes)."""
+  policy = make_policy(num_classes=4)
+  policy.lambda_logits.assign([[3.0, 0, 0, 0], [0, 0, 0, 3.0], [0, 0, 0, 0], [0, 3.0, 0, 0]])
+  whole_means, whole_stds = sampled_class_weights(policy, num_samples=20_000)
+  draws = []
+  sample = policy.sample
+  monkeypatch.setattr(policy, 'sample', lambda seed, n: draws.append(n) or sample(seed, n))
+  monkeypatch.setattr(policy_module, 'RANKING_DRAW_BYTES', 4 * 24 * 3_000)
+  means, stds = sampled_class_weights(policy, num_samples=20_000)
+  assert draws == [3_000] * 6 + [2_000]
+  np.testing.assert_allclose(means, policy.expected_lambda(), atol=0.02)
+  np.testing.assert_allclose(means, whole_means, atol=0.02)
+  np.testing.assert_allclose(stds, whole_stds, atol=0.02)
 
 
 def test_paper_baseline_starts_at_first_reward_then_decays():
