@@ -223,7 +223,7 @@ def source_class_names(data: DataConfig) -> list[str]:
   path = data.source_class_names
   if not path and data.source_train and not data.source_train.startswith(TFDS_PREFIX):
     candidate = os.path.join(os.path.dirname(data.source_train), records.CLASS_NAMES_FILE)
-    path = candidate if os.path.exists(candidate) else ''
+    path = candidate if tf.io.gfile.exists(candidate) else ''
   names = records.read_class_names(path) if path else tfds_label_names(data.source_train, data)
   if names is None:
     return [str(i) for i in range(data.source_num_classes)]

@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 from l2tl_tf import files
 from l2tl_tf.policy import Policy, sampled_class_weights
@@ -47,7 +48,7 @@ def ranked_by_weight(weights: np.ndarray, class_names: list[str],
 
 def write_source_class_weights(ranked: list[RankedClass], model_dir: str,
                                filename: str = WEIGHTS_FILE) -> str:
-  os.makedirs(model_dir, exist_ok=True)
+  tf.io.gfile.makedirs(model_dir)
   path = os.path.join(model_dir, filename)
   text = io.StringIO(newline='')
   writer = csv.writer(text)
@@ -59,9 +60,14 @@ def write_source_class_weights(ranked: list[RankedClass], model_dir: str,
 
 
 def read_source_class_weights(model_dir: str, filename: str = WEIGHTS_FILE) -> list[RankedClass]:
-  with open(os.path.join(model_dir, filename), newline='', encoding='utf-8') as f:
-    return [RankedClass(int(r['source_class_id']), r['name'], float(r['expected_lambda']),
-                        float(r['std'])) for r in csv.DictReader(f)]
+  return [RankedClass(int(r['source_class_id']), r['name'], float(r['expected_lambda']),
+                      float(r['std'])) for r in _csv_rows(os.path.join(model_dir, filename))]
+
+
+def _csv_rows(path: str) -> list[dict]:
+  """Rows of a CSV on any filesystem tf.io.gfile reaches (local, gs://, ...)."""
+  with tf.io.gfile.GFile(path, 'r') as f:
+    return list(csv.DictReader(io.StringIO(f.read(), newline='')))
 
 
 def read_class_weight_vector(path: str, num_classes: int) -> np.ndarray:
@@ -69,17 +75,17 @@ def read_class_weight_vector(path: str, num_classes: int) -> np.ndarray:
 
   Raises:
     ValueError: when a class id is missing, repeated or out of range, or a
-      weight is outside [0, 1].
+      weight is outside [0, 1] or not a number.
   """
-  with open(path, newline='', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
+  rows = _csv_rows(path)
   ids = np.array([int(r['source_class_id']) for r in rows])
   weights = np.array([float(r['expected_lambda']) for r in rows], dtype=np.float32)
   if sorted(ids.tolist()) != list(range(num_classes)):
     raise ValueError(f'{path} must list every source class id 0..{num_classes - 1} once '
                      f'(--source_num_classes={num_classes}); it lists {len(ids)} rows.')
-  if weights.min() < 0.0 or weights.max() > 1.0:
-    raise ValueError(f'{path} has weights outside [0, 1] ({weights.min()} .. {weights.max()}).')
+  if not np.all(np.isfinite(weights)) or weights.min() < 0.0 or weights.max() > 1.0:
+    raise ValueError(f'{path} has weights outside [0, 1] ({weights.min()} .. {weights.max()}; '
+                     f'{int(np.sum(~np.isfinite(weights)))} not a number).')
   vector = np.zeros(num_classes, np.float32)
   vector[ids] = weights
   return vector

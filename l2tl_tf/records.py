@@ -80,13 +80,19 @@ def write_image_records(prefix: str, images: np.ndarray, labels: Sequence[int],
 
 def write_class_names(directory: str, class_names: Sequence[str]) -> str:
   path = os.path.join(directory, CLASS_NAMES_FILE)
-  with open(path, 'w', encoding='utf-8') as f:
+  with tf.io.gfile.GFile(path, 'w') as f:
     for name in class_names:
       f.write(str(name).replace('\n', ' ') + '\n')
   return path
 
 
 def read_class_names(path: str) -> list[str]:
-  with open(path, encoding='utf-8') as f:
-    return [line.rstrip('\n') for line in f]
+  """One name per line; any filesystem tf.io.gfile reaches (gs:// sources too).
+
+  Lines end at newlines only (as text-mode reading does): glyph names may be
+  characters that `str.splitlines` would also split at.
+  """
+  with tf.io.gfile.GFile(path, 'r') as f:
+    lines = f.read().replace('\r\n', '\n').replace('\r', '\n').split('\n')
+  return lines[:-1] if lines[-1] == '' else lines
 

@@ -334,6 +334,13 @@ def test_source_class_names_come_from_the_class_names_file(tiny_data, tmp_path):
   assert input_pipeline.source_class_names(no_names) == ['0', '1', '2', '3']
 
 
+def test_class_names_beside_a_remote_source_are_read(tmp_path):
+  """os.path.exists missed class_names.txt beside gs:// shards: rankings printed ids."""
+  records.write_class_names('ram://names_test/source', ['alpha', 'beta', '\u2028'])
+  data = DataConfig(source_train='ram://names_test/source/train-*', source_num_classes=3)
+  assert input_pipeline.source_class_names(data) == ['alpha', 'beta', '\u2028']
+
+
 def test_tfds_specs_stream_through_the_same_pipeline(tmp_path):
   data = DataConfig(source_train='tfds:dtd/train', target_train='tfds:dtd/train',
                     target_val='tfds:dtd/validation', source_num_classes=47,
