@@ -30,8 +30,7 @@ always full and only its composition changes.
 
 The contrast test runs the same data and settings with the labels of the
 reward set shuffled: the reward then carries no information, and the same
-check must fail. A policy that cannot learn (learning rate 0, or mode=random,
-which does not learn lambda and returns no ranking) fails the check as well.
+check must fail.
 """
 
 import dataclasses
