@@ -11,6 +11,7 @@ beta, gamma (Zhu et al., "Learning to Transfer Learn", Appendix A).
 import dataclasses
 import enum
 import json
+import math
 from typing import Any, Optional
 
 
@@ -440,6 +441,28 @@ def validate(config: Config) -> None:
   _require(optimizer.source_loss_scaling in SOURCE_LOSS_SCALINGS,
            f'--source_loss_scaling={optimizer.source_loss_scaling!r}: use one of '
            f'{", ".join(SOURCE_LOSS_SCALINGS)}.')
+  _require(0 <= config.seed < 2**32, f'--seed={config.seed} must be in [0, 2**32).')
+  _require(data.shuffle_buffer >= 1, f'--shuffle_buffer={data.shuffle_buffer} must be >= 1.')
+  _require(math.isfinite(optimizer.learning_rate) and optimizer.learning_rate > 0.0,
+           f'--learning_rate={optimizer.learning_rate} must be > 0.')
+  _require(0.0 <= optimizer.momentum <= 1.0,
+           f'--momentum={optimizer.momentum} must be in [0, 1].')
+  _require(math.isfinite(optimizer.weight_decay) and optimizer.weight_decay >= 0.0,
+           f'--weight_decay={optimizer.weight_decay} must be >= 0 (a negative decay '
+           'rewards large weights).')
+  _require(policy.alpha_divisor > 0.0,
+           f'--alpha_divisor={policy.alpha_divisor} must be > 0: the official alpha_s '
+           "levels are k' / alpha_divisor.")
+  _require(policy.baseline_style != 'official' or policy.baseline_decay < 1.0,
+           '--baseline_decay=1 with --baseline_style=official makes the baseline the '
+           'reward itself, so every advantage is 0 and the policy never learns: use < 1.')
+  for flag, value in (('alpha_beta', policy.alpha_beta),
+                      ('policy_learning_rate', policy.learning_rate),
+                      ('lambda_prior_strength', policy.lambda_prior_strength),
+                      ('credit_learning_rate', policy.credit_learning_rate),
+                      ('alpha_credit_rate', policy.alpha_credit_rate),
+                      ('alpha_divisor', policy.alpha_divisor)):
+    _require(math.isfinite(value), f'--{flag}={value} must be a finite number.')
   _require(0 <= optimizer.warmup_steps,
            f'--warmup_steps={optimizer.warmup_steps} must be >= 0.')
   _require(data.train_crop in ('auto', 'inception', 'pad_crop', 'none'),

@@ -68,6 +68,8 @@ def test_source_loss_scaling_names_the_choices(tiny_data, tmp_path):
 
 
 def _with(config, section, **changes):
+  if not section:
+    return dataclasses.replace(config, **changes)
   return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section),
                                                                      **changes)})
 
@@ -89,6 +91,19 @@ def test_loop_cadences_that_cannot_run_are_refused(tiny_data, tmp_path, override
     ('data', dict(val_examples_per_class=-2), '--val_examples_per_class=-2 must be >= 0'),
     ('policy', dict(alpha_beta=0.0), r'--alpha_beta=0.0 must be > 0'),
     ('policy', dict(learning_rate=-1e-4), r'--policy_learning_rate=-0.0001 must be >= 0'),
+    # Each of these wrote config.json and then failed, diverged or trained wrongly; the
+    # corrected command was then refused as "a run with other settings".
+    ('optimizer', dict(momentum=1.5), r'--momentum=1.5 must be in \[0, 1\]'),
+    ('optimizer', dict(learning_rate=-0.05), r'--learning_rate=-0.05 must be > 0'),
+    ('optimizer', dict(weight_decay=-1.0), r'--weight_decay=-1.0 must be >= 0'),
+    ('data', dict(shuffle_buffer=0), r'--shuffle_buffer=0 must be >= 1'),
+    ('', dict(seed=-1), r'--seed=-1 must be in \[0, 2\*\*32\)'),
+    ('policy', dict(level_values='official', alpha_divisor=0.0),
+     r'--alpha_divisor=0.0 must be > 0'),
+    ('policy', dict(lambda_prior_strength=float('inf')),
+     r'--lambda_prior_strength=inf must be a finite number'),
+    ('policy', dict(baseline_style='official', baseline_decay=1.0),
+     r'every advantage is 0'),
 ])
 def test_negative_sizes_and_rates_are_refused(tiny_data, tmp_path, section, changes, message):
   config = _with(tiny_config(tiny_data, tmp_path), section, **changes)
