@@ -40,11 +40,7 @@ def get_strategy(name: str = 'default', tpu: str = '') -> tf.distribute.Strategy
     RuntimeError: for 'multi_worker' built after TensorFlow ran an op.
   """
   if tpu:
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu=None if tpu == 'local' else tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+    return _tpu_strategy(tpu)
   if name == 'default':
     return tf.distribute.get_strategy()
   if name == 'one_device':
@@ -59,6 +55,20 @@ def get_strategy(name: str = 'default', tpu: str = '') -> tf.distribute.Strategy
   if name == 'tpu':
     raise ValueError('--strategy=tpu needs --tpu=ADDRESS (or --tpu=local on a TPU VM).')
   raise ValueError(f'--strategy={name!r} is unknown; choose one of {STRATEGIES}.')
+
+
+def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
+  """TPUStrategy for a TPU named or addressed by `tpu`, or 'local' on a TPU VM.
+
+  'local' goes to the resolver as it is: there it means the TPU attached to
+  this VM, while None would ask the Cloud TPU API for $TPU_NAME. A local TPU
+  has no remote cluster to connect to.
+  """
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+  if tpu != 'local':
+    tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
 
 
 def _multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:

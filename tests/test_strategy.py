@@ -86,3 +86,21 @@ def test_a_non_chief_saves_to_a_temp_dir_deleted_at_once_and_resumes_from_the_ch
   assert sorted(os.listdir(tmp_path)) == ['checkpoint', 'ckpt-3.data-00000-of-00001',
                                           'ckpt-3.index']
   assert worker.latest_checkpoint == chief.latest_checkpoint == str(tmp_path / 'ckpt-3')
+
+
+@pytest.mark.parametrize('tpu, connects', [('local', False), ('grpc://10.0.0.2:8470', True),
+                                           ('my-tpu', True)])
+def test_tpu_resolver_gets_the_tpu_flag_as_given(monkeypatch, tpu, connects):
+  """'local' was turned into None, which asks the Cloud TPU API for $TPU_NAME and fails."""
+  calls = []
+  monkeypatch.setattr(tf.distribute.cluster_resolver, 'TPUClusterResolver',
+                      lambda tpu: calls.append(('resolve', tpu)) or tpu)
+  monkeypatch.setattr(tf.config, 'experimental_connect_to_cluster',
+                      lambda resolver: calls.append(('connect', resolver)))
+  monkeypatch.setattr(tf.tpu.experimental, 'initialize_tpu_system',
+                      lambda resolver: calls.append(('initialize', resolver)))
+  monkeypatch.setattr(tf.distribute, 'TPUStrategy', lambda resolver: ('strategy', resolver))
+  assert strategy_lib.get_strategy('tpu', tpu) == ('strategy', tpu)
+  assert calls[0] == ('resolve', tpu)
+  assert (('connect', tpu) in calls) == connects
+  assert calls[-1] == ('initialize', tpu)
