@@ -4,8 +4,10 @@
       --serving_model_dir=DIR --metadata_path=FILE \\
       --custom_config='{"mode": "l2tl", "source_train": "...", ...}'
 
-ImportExampleGen reads ImageNet-style tf.Example TFRecords (`records.py`) from
---data_root and splits them train:eval = 2:1; the Trainer runs
+ImportExampleGen reads the ImageNet-style tf.Example TFRecords (`records.py`)
+of --data_root that match --input_pattern (default `train-*`: the target's
+training shards, not the `class_names.txt` or test shards that `data/convert.py`
+writes beside them) and splits them train:eval = 2:1; the Trainer runs
 `tfx_module/trainer_module.py`, whose `run_fn` trains on the train split with
 the eval split as the reward (validation) set; Pusher copies the SavedModel to
 --serving_model_dir/<version>/. LocalDagRunner runs it with a SQLite metadata
@@ -22,6 +24,9 @@ from l2tl_tf import tfx_support
 
 flags.DEFINE_string('pipeline_name', 'l2tl', 'TFX pipeline name.')
 flags.DEFINE_string('data_root', '', 'Directory of tf.Example TFRecords for ImportExampleGen.')
+flags.DEFINE_string('input_pattern', 'train-*',
+                    'Files of --data_root that ImportExampleGen reads (the target training '
+                    'shards); TFX reads every file by default, class_names.txt included.')
 flags.DEFINE_string('pipeline_root', '', 'Where TFX writes artifacts.')
 flags.DEFINE_string('serving_model_dir', '', 'Pusher destination.')
 flags.DEFINE_string('metadata_path', '', 'SQLite ML Metadata file.')
@@ -41,7 +46,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str,
                     serving_model_dir: str, metadata_path: str,
                     custom_config: Mapping[str, Any],
                     module_file: str = tfx_support.TRAINER_MODULE_FILE,
-                    beam_pipeline_args: Optional[Sequence[str]] = None) -> tfx.dsl.Pipeline:
+                    beam_pipeline_args: Optional[Sequence[str]] = None,
+                    input_pattern: str = 'train-*') -> tfx.dsl.Pipeline:
   """The three-component pipeline.
 
   Args:
@@ -57,11 +63,14 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str,
     module_file: the Trainer module file.
     beam_pipeline_args: Beam options for ExampleGen, after
       DEFAULT_BEAM_PIPELINE_ARGS.
+    input_pattern: the files of data_root to read, relative to it.
 
   Returns:
     A tfx.dsl.Pipeline for `tfx.orchestration.LocalDagRunner().run`.
   """
-  example_gen = tfx.components.ImportExampleGen(input_base=data_root)
+  example_gen = tfx.components.ImportExampleGen(
+      input_base=data_root, input_config=tfx.proto.Input(splits=[
+          tfx.proto.Input.Split(name='single_split', pattern=input_pattern)]))
   trainer = tfx.components.Trainer(
       module_file=module_file, examples=example_gen.outputs['examples'],
       custom_config=dict(custom_config))
@@ -86,7 +95,7 @@ def main(argv):
   tfx.orchestration.LocalDagRunner().run(create_pipeline(
       FLAGS.pipeline_name, FLAGS.pipeline_root, FLAGS.data_root, FLAGS.serving_model_dir,
       FLAGS.metadata_path, json.loads(FLAGS.custom_config),
-      beam_pipeline_args=FLAGS.beam_pipeline_args))
+      beam_pipeline_args=FLAGS.beam_pipeline_args, input_pattern=FLAGS.input_pattern))
 
 
 if __name__ == '__main__':

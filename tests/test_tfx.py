@@ -51,8 +51,13 @@ def pipeline_run(tmp_path_factory):
   root = tmp_path_factory.mktemp('tfx')
   rng = np.random.default_rng(0)
   target_labels = np.arange(300) % TARGET_CLASSES
-  records.write_image_records(str(root / 'data' / 'target'),
-                              striped_images(target_labels, rng), target_labels, num_shards=2)
+  records.write_image_records(str(root / 'data' / 'train'), striped_images(target_labels, rng),
+                              target_labels, num_shards=2,
+                              class_names=[f'c{i}' for i in range(TARGET_CLASSES)])
+  # data/convert.py's layout: test shards and class_names.txt beside the training shards.
+  test_labels = np.arange(40) % TARGET_CLASSES
+  records.write_image_records(str(root / 'data' / 'test'), striped_images(test_labels, rng),
+                              test_labels)
   source_labels = np.arange(160) % SOURCE_CLASSES
   source = records.write_image_records(str(root / 'source' / 'train'),
                                        striped_images(source_labels, rng), source_labels)
@@ -85,6 +90,10 @@ def test_example_gen_wrote_gzip_splits_the_trainer_read(pipeline_run):
     assert files, split
     with open(files[0], 'rb') as f:
       assert f.read(2) == GZIP_MAGIC
+  split_files = glob.glob(str(pipeline_run / 'pipeline' / 'ImportExampleGen' / 'examples' /
+                               '*' / 'Split-*' / '*'))
+  examples = tf.data.TFRecordDataset(split_files, compression_type='GZIP')
+  assert int(examples.reduce(0, lambda count, _: count + 1)) == 300  # the training shards only
   model_runs = glob.glob(str(pipeline_run / 'pipeline' / 'Trainer' / 'model_run' / '*'))
   assert len(model_runs) == 1
   config = json.load(open(os.path.join(model_runs[0], 'config.json')))
