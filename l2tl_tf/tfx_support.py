@@ -26,6 +26,12 @@ from l2tl_tf.config import Config
 TRAINER_MODULE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfx_module')
 TRAINER_MODULE_FILE = os.path.join(TRAINER_MODULE_DIR, 'trainer_module.py')
 
+# TFX's Google Cloud extension reads its own keys from the Trainer's
+# custom_config (ai_platform_training_args, ai_platform_enable_vertex, ...;
+# tfx.extensions.google_cloud_ai_platform) and passes the whole dict on to
+# run_fn: they are not l2tl-train flags.
+TFX_EXTENSION_PREFIX = 'ai_platform_'
+
 # Settings that the pipeline, not custom_config, decides.
 _PIPELINE_OWNED = {
     'target_train': "ExampleGen's train split (fn_args.train_files)",
@@ -54,7 +60,9 @@ def config_from_trainer_args(train_files: Sequence[str], eval_files: Sequence[st
   Args:
     train_files: fn_args.train_files, one file pattern (the train split).
     eval_files: fn_args.eval_files, one file pattern (the eval split).
-    custom_config: l2tl-train flag values by flag name; None means defaults.
+    custom_config: l2tl-train flag values by flag name; None (the dict or a
+      value) means defaults. Keys of TFX's Google Cloud extension
+      (TFX_EXTENSION_PREFIX) are left to it.
     model_run_dir: fn_args.model_run_dir, used as --model_dir.
     train_steps: fn_args.train_steps (TrainArgs.num_steps), None when unset.
 
@@ -66,7 +74,8 @@ def config_from_trainer_args(train_files: Sequence[str], eval_files: Sequence[st
       the pipeline owns, a split with more than one file pattern, or
       TrainArgs.num_steps that disagrees with custom_config's train_steps.
   """
-  values = dict(custom_config or {})
+  values = {name: value for name, value in (custom_config or {}).items()
+            if value is not None and not name.startswith(TFX_EXTENSION_PREFIX)}
   for name, owner in _PIPELINE_OWNED.items():
     if name in values:
       raise ValueError(f'custom_config sets {name}={values[name]!r}, but {owner} decides it: '

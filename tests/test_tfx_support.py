@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import IMAGE_SIZE, striped_images
-from l2tl_tf import input_pipeline, records, tfx_support
+from l2tl_tf import input_pipeline, loop, records, tfx_support
 from l2tl_tf.config import DataConfig, Mode
 
 TINY_CUSTOM_CONFIG = {
@@ -69,6 +69,18 @@ def test_unknown_flag_or_bad_value_names_custom_config(tmp_path):
     tfx_support.config_from_trainer_args(['a'], ['b'], {'mode': 'bogus'}, str(tmp_path))
 
 
+def test_tfx_cloud_keys_and_null_values_are_not_flags(tmp_path):
+  """Vertex training failed on TFX's own keys; JSON null became the string 'None'."""
+  config = tfx_support.config_from_trainer_args(
+      ['a'], ['b'], dict(TINY_CUSTOM_CONFIG, ai_platform_enable_vertex=True,
+                         ai_platform_vertex_region='us-central1',
+                         ai_platform_training_args={'project': 'p'},
+                         tfds_data_dir=None, target_test=None),
+      str(tmp_path))
+  assert config.data.tfds_data_dir == DataConfig().tfds_data_dir
+  assert config.data.target_test == DataConfig().target_test
+
+
 def test_a_split_with_several_patterns_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"fn_args.train_files = \['a', 'b'\]"):
     tfx_support.config_from_trainer_args(['a', 'b'], ['c'], {}, str(tmp_path))
@@ -107,6 +119,22 @@ def test_trainer_module_file_is_alone_in_its_directory():
   # TFX packages every .py file of the module file's directory into a wheel.
   assert [f for f in os.listdir(tfx_support.TRAINER_MODULE_DIR) if f.endswith('.py')] == [
       os.path.basename(tfx_support.TRAINER_MODULE_FILE)]
+
+
+def test_run_fn_stopped_by_sigterm_fails_and_exports_nothing(tmp_path, monkeypatch):
+  """A preempted run returned normally: the Pusher pushed the half-trained model."""
+  module = load_trainer_module()
+  monkeypatch.setattr(module.loop, 'run_training', lambda config: loop.TrainResult(
+      config.model_dir, 2, {}, 1.0, preempted=True))
+  exported = []
+  monkeypatch.setattr(module.serving, 'export_saved_model', lambda *args: exported.append(args))
+  fn_args = types.SimpleNamespace(
+      train_files=['a'], eval_files=['b'], custom_config=dict(TINY_CUSTOM_CONFIG),
+      model_run_dir=str(tmp_path / 'model_run'), serving_model_dir=str(tmp_path / 'serving'),
+      train_steps=None)
+  with pytest.raises(RuntimeError, match='stopped by SIGTERM at step 2 of 4: nothing exported'):
+    module.run_fn(fn_args)
+  assert not exported
 
 
 def test_run_fn_trains_on_example_gen_output_and_exports_both_signatures(tiny_data, tmp_path):

@@ -18,5 +18,11 @@ def run_fn(fn_args) -> None:
   config = tfx_support.config_from_trainer_args(
       fn_args.train_files, fn_args.eval_files, fn_args.custom_config,
       fn_args.model_run_dir, fn_args.train_steps)
-  loop.run_training(config)
+  result = loop.run_training(config)
+  if result.preempted:
+    # A half-trained model must not reach the Pusher. TFX gives a retried
+    # execution a new model_run_dir, so it starts over rather than resuming.
+    raise RuntimeError(f'Training was stopped by SIGTERM at step {result.steps} of '
+                       f'{config.train_steps}: nothing exported. The checkpoint is in '
+                       f'{config.model_dir}.')
   serving.export_saved_model(config.model_dir, fn_args.serving_model_dir)
