@@ -320,11 +320,12 @@ def _enum_value(value):
 # Settings that may differ when a run directory is reused: they change how
 # long or how visibly a run goes, not what it computes (train_steps also
 # stretches the cosine schedule: a resume logs it). Not jit_compile: XLA's RNG
-# draws other actions than the standard kernels.
+# draws other actions than the standard kernels. model.backbone_weights only
+# starts a run: a resumed run restores every weight from its checkpoint.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
     'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic',
-    'source_decode'})
+    'source_decode', 'model.backbone_weights'})
 
 
 def validate(config: Config) -> None:
@@ -443,8 +444,9 @@ def validate(config: Config) -> None:
            f'{", ".join(SOURCE_LOSS_SCALINGS)}.')
   _require(0 <= config.seed < 2**32, f'--seed={config.seed} must be in [0, 2**32).')
   _require(data.shuffle_buffer >= 1, f'--shuffle_buffer={data.shuffle_buffer} must be >= 1.')
-  _require(math.isfinite(optimizer.learning_rate) and optimizer.learning_rate > 0.0,
-           f'--learning_rate={optimizer.learning_rate} must be > 0.')
+  _require(math.isfinite(optimizer.learning_rate) and optimizer.learning_rate >= 0.0,
+           f'--learning_rate={optimizer.learning_rate} must be >= 0 (a negative rate climbs '
+           'the loss).')
   _require(0.0 <= optimizer.momentum <= 1.0,
            f'--momentum={optimizer.momentum} must be in [0, 1].')
   _require(math.isfinite(optimizer.weight_decay) and optimizer.weight_decay >= 0.0,

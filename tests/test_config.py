@@ -94,7 +94,7 @@ def test_loop_cadences_that_cannot_run_are_refused(tiny_data, tmp_path, override
     # Each of these wrote config.json and then failed, diverged or trained wrongly; the
     # corrected command was then refused as "a run with other settings".
     ('optimizer', dict(momentum=1.5), r'--momentum=1.5 must be in \[0, 1\]'),
-    ('optimizer', dict(learning_rate=-0.05), r'--learning_rate=-0.05 must be > 0'),
+    ('optimizer', dict(learning_rate=-0.05), r'--learning_rate=-0.05 must be >= 0'),
     ('optimizer', dict(weight_decay=-1.0), r'--weight_decay=-1.0 must be >= 0'),
     ('data', dict(shuffle_buffer=0), r'--shuffle_buffer=0 must be >= 1'),
     ('', dict(seed=-1), r'--seed=-1 must be in \[0, 2\*\*32\)'),
