@@ -126,7 +126,8 @@ def check_backbone(config: Config) -> None:
   """
   name, size = config.model.backbone, config.data.image_size
   weights = config.model.backbone_weights
-  if weights and not tf.io.gfile.exists(weights):
+  resumes = bool(tf.train.latest_checkpoint(config.model_dir))  # restores, never reads it
+  if weights and not resumes and not tf.io.gfile.exists(weights):
     raise ValueError(f'--backbone_weights={weights} does not exist: give a local weights file '
                      '(nothing is downloaded), or drop the flag to start from random weights.')
   if name not in models.ENCODERS:
@@ -137,6 +138,25 @@ def check_backbone(config: Config) -> None:
     raise ValueError(f'--backbone={name} cannot take --image_size={size}: it needs at least '
                      f'{smallest[name]} px. Raise --image_size, or pick a backbone that '
                      f'takes {size} px (smallest sizes: {sizes}).')
+  if weights and not resumes:
+    _check_weights_load(config)
+
+
+def _check_weights_load(config: Config) -> None:
+  """Loads --backbone_weights into a throwaway encoder, as `runs.build` will.
+
+  Weights saved from another backbone or channel count failed only in model
+  building, after config.json was written, and the corrected command was then
+  refused as a run with other settings.
+  """
+  model, data = config.model, config.data
+  try:
+    models.build_encoder(model.backbone, data.image_size, data.num_channels,
+                         model.backbone_weights)
+  except (ValueError, OSError) as error:
+    raise ValueError(f'--backbone_weights={model.backbone_weights} does not fit '
+                     f'--backbone={model.backbone} with --num_channels={data.num_channels} '
+                     f'and --image_size={data.image_size}: {error}') from error
 
 
 def source_check(config: Config, every_record: bool = False) -> DatasetCheck:

@@ -105,10 +105,12 @@ def build(config: Config, strategy: tf.distribute.Strategy,
   data = config.data
   source_classes = data.source_num_classes if config.mode.uses_source else 0
   target_classes = data.target_num_classes if config.mode.uses_target else 0
+  # A run that resumes restores every weight from its checkpoint: the starting
+  # weights file is not read (it may have stayed on a preempted VM's disk).
+  weights = '' if tf.train.latest_checkpoint(config.model_dir) else config.model.backbone_weights
   with strategy.scope():
     model = TransferModel(config.model.backbone, data.image_size, data.num_channels,
-                          source_classes, target_classes, config.model.backbone_weights,
-                          config.precision)
+                          source_classes, target_classes, weights, config.precision)
     policy = (Policy(data.source_num_classes, config.policy, config.seed)
               if config.mode.uses_policy else None)
     trainer = Trainer(config, strategy, model, policy, fixed_lambda)

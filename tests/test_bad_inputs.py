@@ -272,13 +272,24 @@ def test_an_image_size_the_backbone_cannot_take_is_refused(tiny_data, tmp_path, 
   assert 'Raise --image_size' in message and 'small_cnn 8' in message
 
 
-def test_a_missing_backbone_weights_file_is_refused_before_training(tiny_data, tmp_path,
-                                                                     good_run):
-  """It used to fail only in model building, after config.json was written."""
+def test_a_missing_backbone_weights_file_is_refused_before_training(tiny_data, tmp_path):
+  """It used to fail only in model building, after config.json was written. (A run
+  that resumes restores its checkpoint and never reads the file: next tests.)"""
   config = tiny_config(tiny_data, tmp_path / 'run', model=ModelConfig(
       backbone='small_cnn', backbone_weights=str(tmp_path / 'no_such.weights.h5')))
-  message = fails_early(config, 'does not exist', good_run)
+  message = fails_early(config, 'does not exist')
   assert f'--backbone_weights={tmp_path}/no_such.weights.h5 does not exist' in message
+
+
+def test_a_weights_file_of_another_channel_count_is_refused_before_training(tiny_data, tmp_path):
+  """It failed in model building, after config.json was written; the fix was then refused."""
+  weights = str(tmp_path / 'rgb.weights.h5')
+  models.build_encoder('small_cnn', 16, 3).save_weights(weights)
+  config = tiny_config(tiny_data, tmp_path / 'run', model=ModelConfig(
+      backbone='small_cnn', backbone_weights=weights))
+  message = fails_early(config, 'does not fit')
+  assert f'--backbone_weights={weights} does not fit --backbone=small_cnn with --num_channels=1' \
+      in message
 
 
 def test_a_run_started_from_a_weights_file_evaluates_without_it(tiny_data, tmp_path):
@@ -292,6 +303,20 @@ def test_a_run_started_from_a_weights_file_evaluates_without_it(tiny_data, tmp_p
   before = evaluation.evaluate(config.model_dir, 'test')
   os.remove(weights)
   assert evaluation.evaluate(config.model_dir, 'test')['top1'] == before['top1']
+
+
+def test_a_run_resumes_after_its_starting_weights_file_is_gone(tiny_data, tmp_path):
+  """Resume refused: preflight wanted the file, and dropping the flag was 'other settings'."""
+  weights = str(tmp_path / 'start.weights.h5')
+  models.build_encoder('small_cnn', 16, 1).save_weights(weights)
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='scratch', train_steps=2,
+                       model=ModelConfig(backbone='small_cnn', backbone_weights=weights))
+  loop.run_training(config, log=lambda _: None)
+  os.remove(weights)
+  assert loop.run_training(dataclasses.replace(config, train_steps=4),
+                           log=lambda _: None).steps == 4
+  without_flag = dataclasses.replace(config, train_steps=6, model=ModelConfig(backbone='small_cnn'))
+  assert loop.run_training(without_flag, log=lambda _: None).steps == 6
 
 
 @pytest.fixture(scope='module')
