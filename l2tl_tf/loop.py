@@ -59,7 +59,7 @@ def run_training(config: Config, strategy: Optional[tf.distribute.Strategy] = No
                   if config.fixed_source_weights else None)
   changes = runs.setting_changes(config)
   if changes:
-    log(runs.describe_changes(changes))
+    log(runs.describe_changes(changes, bool(tf.train.latest_checkpoint(config.model_dir))))
   if is_chief(strategy):
     runs.prepare_run_dir(config)
   # Seeds Keras initialisers (and Python/NumPy/TF global RNGs): the same

@@ -49,11 +49,13 @@ def check_run_dir(config: Config) -> None:
   """Refuses a model_dir holding a run with other settings; writes nothing.
 
   Rerunning the same command resumes; settings in RESUMABLE_CHANGES (the
-  step budget, logging cadence, strategy) may change between attempts.
+  step budget, logging cadence, strategy) may change between attempts. A
+  directory whose run failed before its first checkpoint holds nothing to
+  resume, so a retry with corrected settings starts over there.
   """
   blocking = {k: v for k, v in setting_changes(config).items()
               if k not in config_lib.RESUMABLE_CHANGES}
-  if blocking:
+  if blocking and tf.train.latest_checkpoint(config.model_dir):
     listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(blocking.items()))
     raise ValueError(f'--model_dir={config.model_dir} holds a run with other settings '
                      f'({listed}). Use a new --model_dir, or rerun with the same flags '
@@ -67,9 +69,12 @@ def setting_changes(config: Config) -> dict:
   return _differences(load_config(config.model_dir).to_dict(), config.to_dict())
 
 
-def describe_changes(changes: dict) -> str:
-  """The log line for a run resumed with changed (resumable) settings."""
+def describe_changes(changes: dict, resumes: bool = True) -> str:
+  """The log line for a run resumed (or, without a checkpoint, restarted) with changes."""
   listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changes.items()))
+  if not resumes:
+    return (f'The run in this --model_dir stopped before its first checkpoint: starting over '
+            f'with changed settings: {listed}.')
   line = f'Resuming with changed settings: {listed}.'
   if 'train_steps' in changes:
     line += (' The learning rate follows the new --train_steps from here: its cosine decay '

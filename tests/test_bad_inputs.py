@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import striped_images, tiny_config
-from l2tl_tf import evaluation, loop, models, preflight, records
+from l2tl_tf import evaluation, loop, models, preflight, records, runs
 from l2tl_tf.config import ModelConfig, OptimizerConfig
 
 SOURCE_CLASSES, TARGET_CLASSES = 8, 4
@@ -391,6 +391,23 @@ def test_a_model_dir_holding_a_run_with_other_settings_is_left_untouched(tiny_da
   assert 'optimizer.learning_rate: 0.05 -> 0.5' in str(raised.value)
   assert 'Use a new --model_dir' in str(raised.value)
   assert snapshot(good_dir) == files
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_retries_with_other_settings(tiny_data,
+                                                                                  tmp_path):
+  """Nothing was trained to keep, yet the corrected command was refused as 'other settings'."""
+  failed = tiny_config(tiny_data, tmp_path / 'run', mode='scratch', train_steps=3,
+                       optimizer=OptimizerConfig(learning_rate=1e30, warmup_steps=1))
+  fails_in_training(failed, FloatingPointError)
+  assert not tf.train.latest_checkpoint(failed.model_dir)
+  lines = []
+  fixed = dataclasses.replace(failed, optimizer=OptimizerConfig(learning_rate=0.05,
+                                                                warmup_steps=1))
+  assert loop.run_training(fixed, log=lines.append).steps == 3
+  assert lines[0].startswith('The run in this --model_dir stopped before its first checkpoint: '
+                             'starting over with changed settings: optimizer.learning_rate: '
+                             '1e+30 -> 0.05.')
+  assert runs.load_config(fixed.model_dir) == fixed
 
 
 # ------------------------------------------------------------ met during training
