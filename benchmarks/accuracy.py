@@ -389,7 +389,7 @@ def finished(path: str, expected_fingerprint: str, expected_data: str) -> Option
 
 
 # Exit status after SIGTERM, as l2tl-train's: rerun the command to go on.
-PREEMPTED_EXIT_CODE = 42
+PREEMPTED_EXIT_CODE = loop.PREEMPTED_EXIT_CODE
 
 
 class Preempted(Exception):

@@ -21,6 +21,11 @@ from l2tl_tf.config import Config
 from l2tl_tf.strategy import get_strategy, is_chief, summary_writer
 
 
+# Exit status of a binary whose run SIGTERM stopped: a checkpoint was saved,
+# rerun the same command to resume.
+PREEMPTED_EXIT_CODE = 42
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What a finished training call reports."""
@@ -94,9 +99,11 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
     metrics = _run_loop(run, iterators, step, num_steps, log)
     step += num_steps
     _stop_if_loss_diverged(run, metrics, step - num_steps + 1, step)
+    # Read once: a SIGTERM landing after the save below (in validation, the
+    # summaries or the log) stops the run at the next loop's end, which saves.
+    stopping = preemption.received
     # Saved before validation, so a failed validation pass loses no training.
-    if (step % config.checkpoint_every == 0 or step >= config.train_steps
-        or preemption.received):
+    if step % config.checkpoint_every == 0 or step >= config.train_steps or stopping:
       _stop_if_weights_diverged(run, step)
       run.manager.save(checkpoint_number=step)
     if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
@@ -105,7 +112,7 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
     _write_summaries(writer, run, metrics, step)
     log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
                        (time.time() - started) / max(step - start, 1)))
-    if preemption.received:
+    if stopping:
       log(f'SIGTERM received: checkpoint saved at step {step}. Rerun the same command to '
           'resume.')
       break

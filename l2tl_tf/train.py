@@ -12,8 +12,7 @@ from absl import app
 from l2tl_tf import flag_defs, loop
 
 flag_defs.define_flags()
-# Exit status after SIGTERM (preemption): a checkpoint was saved, rerun to resume.
-PREEMPTED_EXIT_CODE = 42
+PREEMPTED_EXIT_CODE = loop.PREEMPTED_EXIT_CODE
 
 
 def main(argv):

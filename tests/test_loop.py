@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -246,3 +247,20 @@ def test_a_failed_validation_pass_keeps_the_loop_checkpoint(tiny_data, tmp_path,
   with pytest.raises(Crash):
     loop.run_training(config, log=lambda _: None)
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-3')
+
+
+def test_sigterm_after_the_save_decision_still_saves_where_it_says(tiny_data, tmp_path):
+  """A SIGTERM landing in the progress line (after the loop's save decision) logged
+  'checkpoint saved' for a step with no checkpoint, and the run stopped unsaved."""
+  config = tiny_config(tiny_data, tmp_path / 'run', mode='scratch', train_steps=8,
+                       steps_per_loop=2, checkpoint_every=100)
+  lines = []
+
+  def log(line):
+    lines.append(line)
+    if 'steps/s' in line and len([l for l in lines if 'steps/s' in l]) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # during the first loop's progress line
+  result = loop.run_training(config, log=log)
+  assert result.preempted and result.steps == 4
+  assert lines[-1].startswith('SIGTERM received: checkpoint saved at step 4.')
+  assert tf.train.latest_checkpoint(config.model_dir).endswith('ckpt-4')
