@@ -157,13 +157,17 @@ class PolicyConfig:
   # over lambda's levels (the all-action policy gradient of the same objective).
   credit_estimator: str = 'reinforce'
   # first_order: optimizer ('adam' | 'sgd') and rate (0: --policy_learning_rate)
-  # for the lambda logits; alpha_s keeps Adam at --policy_learning_rate.
+  # for the lambda logits; alpha_s keeps Adam at --policy_learning_rate. Both
+  # move only classes with candidates in the step ('adam' is lazy: an absent
+  # class's logits and moments stay as they were).
   credit_optimizer: str = 'adam'
   credit_learning_rate: float = 0.0
   # Credit for alpha_s. 'reward' (paper): the scalar REINFORCE above.
   # 'first_order' (needs lambda_credit=first_order, whose scores it reuses):
-  # a = sum_i lambda(c_i) u_i over the step's candidates, the first-order drop
-  # of the validation loss per unit of alpha_s, divided by its running RMS;
+  # a = sum_j w_j u_j over the step's kept examples, w_j the weight each is
+  # trained with (lambda, normalised as --source_weight_normalization says):
+  # the first-order drop of the validation loss per unit of alpha_s (before
+  # 2026-11-27 the sum ran over every candidate), divided by its running RMS;
   # then a natural-gradient step on alpha's softmax, logit_k +=
   # alpha_credit_rate * a * (alpha_k - E[alpha]) / max_k alpha_k.
   alpha_credit: str = 'reward'

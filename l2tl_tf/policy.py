@@ -52,10 +52,17 @@ class Policy(tf.Module):
     self.optimizer.build([self.lambda_logits, self.alpha_logits])
     self.per_class_credit = config.lambda_credit == 'first_order'
     if self.per_class_credit:
-      rate = config.credit_learning_rate or config.learning_rate
-      self.lambda_optimizer = (keras.optimizers.SGD(rate) if config.credit_optimizer == 'sgd'
-                               else keras.optimizers.Adam(rate))
-      self.lambda_optimizer.build([self.lambda_logits])
+      self.credit_rate = config.credit_learning_rate or config.learning_rate
+      if config.credit_optimizer == 'sgd':
+        self.lambda_optimizer = keras.optimizers.SGD(self.credit_rate)
+        self.lambda_optimizer.build([self.lambda_logits])
+      else:  # Adam's moments per logit, updated only on the rows of present classes
+        self.credit_moment = tf.Variable(tf.zeros_like(self.lambda_logits), trainable=False,
+                                         name='credit_moment')
+        self.credit_velocity = tf.Variable(tf.zeros_like(self.lambda_logits), trainable=False,
+                                           name='credit_velocity')
+        self.credit_iterations = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                             name='credit_iterations')
     if config.alpha_credit == 'first_order':
       # Running mean square of alpha's first-order value (0: none seen yet).
       self.alpha_credit_square = tf.Variable(0.0, trainable=False, name='alpha_credit_square')
@@ -164,13 +171,16 @@ class Policy(tf.Module):
 
   def update_per_class(self, actions: Actions, class_advantages: tf.Tensor,
                        reward: tf.Tensor, learn_alpha: bool = True,
-                       alpha_value: Optional[tf.Tensor] = None) -> PolicyStats:
+                       alpha_value: Optional[tf.Tensor] = None,
+                       present: Optional[tf.Tensor] = None) -> PolicyStats:
     """lambda from per-class advantages A_c; alpha_s from the scalar reward or `alpha_value`.
 
     A_c values a unit of lambda(c) (the first-order credit of class c's
     candidates), so the surrogate reward of class c's action is lambda(a_c) A_c.
     'reinforce': ascend A_c (lambda(a_c) - E[lambda(c)]) grad log pi(a_c);
     'expected': ascend A_c grad E[lambda(c)], the same gradient in expectation.
+    Only the classes in `present` (bool [C_S]; default: a non-zero advantage)
+    move: the others had no candidate, so the step says nothing about them.
     """
     by_value = learn_alpha and alpha_value is not None
     stats = self.update(actions, reward, learn_lambda=False,
@@ -189,8 +199,36 @@ class Policy(tf.Module):
         objective = tf.reduce_sum(advantages * deviation * log_probs)
       loss = -objective
     gradient = tape.gradient(loss, self.lambda_logits)
-    self.lambda_optimizer.apply_gradients([(gradient, self.lambda_logits)])
+    if present is None:
+      present = tf.not_equal(advantages, 0.0)
+    if self.config.credit_optimizer == 'sgd':  # absent rows: zero gradient, no momentum
+      self.lambda_optimizer.apply_gradients([(gradient, self.lambda_logits)])
+    else:
+      self._lazy_adam_step(gradient, present)
     return stats
+
+  def _lazy_adam_step(self, gradient: tf.Tensor, present: tf.Tensor) -> None:
+    """Keras' Adam on the rows of present classes; other rows and their moments stay.
+
+    A plain Adam over the whole [C_S, n] logits keeps moving every class by its
+    first moment for many steps after its last candidate: with 1,368 classes
+    and 160 candidates a step, most of a class's movement would come from steps
+    that said nothing about it. Equal to keras.optimizers.Adam when every class
+    is present (same defaults: beta1 0.9, beta2 0.999, epsilon 1e-7).
+    """
+    beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
+    rows = tf.reshape(present, [-1, 1])
+    self.credit_iterations.assign_add(1)
+    step = tf.cast(self.credit_iterations, tf.float32)
+    moment = tf.where(rows, beta_1 * self.credit_moment + (1.0 - beta_1) * gradient,
+                      self.credit_moment)
+    velocity = tf.where(rows, beta_2 * self.credit_velocity + (1.0 - beta_2) * gradient**2,
+                        self.credit_velocity)
+    self.credit_moment.assign(moment)
+    self.credit_velocity.assign(velocity)
+    rate = self.credit_rate * tf.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
+    update = rate * moment / (tf.sqrt(velocity) + epsilon)
+    self.lambda_logits.assign_sub(tf.where(rows, update, tf.zeros_like(update)))
 
   def _update_alpha_first_order(self, value: tf.Tensor) -> None:
     """Moves alpha_s towards larger values when a unit of it lowers the validation loss.

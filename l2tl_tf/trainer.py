@@ -112,6 +112,8 @@ class Trainer:
 
   def train_step(self, iterators: dict) -> dict:
     """One iteration of Algorithm 1 (or its baseline) across all replicas."""
+    # The rate this step trains with: after the update the optimizer reports the next one.
+    learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
     actions = self.policy.sample(self.policy.step_seed(self.step)) if self.policy else None
     inputs = {}
     if self.mode.uses_source:
@@ -127,10 +129,12 @@ class Trainer:
     per_replica = self.strategy.run(self.replica_train_step, args=(inputs,))
     metrics = {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                for name, value in per_replica.items()}
-    class_advantages = (self._class_advantages(metrics.pop('credit_sum'),
-                                               metrics.pop('credit_count'),
-                                               metrics.pop('credit_moments'))
-                        if self.per_class_credit else None)
+    class_advantages = present = None
+    if self.per_class_credit:
+      count = metrics.pop('credit_count')
+      present = count > 0  # classes with candidates this step
+      class_advantages = self._class_advantages(metrics.pop('credit_sum'), count,
+                                                metrics.pop('credit_moments'))
     alpha_value = metrics.pop('credit_alpha', None)
     metrics['loss/total'] = (metrics['loss/source'] + metrics['loss/target']
                              + metrics['loss/weight_decay'])
@@ -138,8 +142,8 @@ class Trainer:
     metrics['policy/mean_lambda_kept'] = tf.math.divide_no_nan(
         metrics.pop('kept_lambda_sum'), float(self.config.source_batch_size))
     metrics.update(self._policy_metrics(actions, iterators, reward_batch, class_advantages,
-                                        alpha_value))
-    metrics['learning_rate'] = tf.cast(self.optimizer.learning_rate, tf.float32)
+                                        alpha_value, present))
+    metrics['learning_rate'] = learning_rate
     self.step.assign_add(1)
     return metrics
 
@@ -159,7 +163,8 @@ class Trainer:
     return lambdas, alpha
 
   def _policy_metrics(self, actions: Optional[Actions], iterators: dict,
-                      reward_batch=None, class_advantages=None, alpha_value=None) -> dict:
+                      reward_batch=None, class_advantages=None, alpha_value=None,
+                      present=None) -> dict:
     """Reward on B_P validation examples, then REINFORCE where the mode learns."""
     zero = tf.constant(0.0)
     if actions is None:
@@ -168,7 +173,7 @@ class Trainer:
     if class_advantages is not None:
       stats = self.policy.update_per_class(actions, class_advantages, reward,
                                            learn_alpha=self.mode.learns_alpha,
-                                           alpha_value=alpha_value)
+                                           alpha_value=alpha_value, present=present)
     else:
       stats = self.policy.update(actions, reward, learn_lambda=self.mode.learns_lambda,
                                  learn_alpha=self.mode.learns_alpha)
@@ -205,16 +210,21 @@ class Trainer:
 
   def replica_train_step(self, inputs: dict) -> dict:
     """Selection, decoding, then forward, backward and SGD on this replica's share."""
-    credit = (self._replica_credit(inputs['source'], inputs['reward'], inputs['target'],
-                                   inputs['lambda'])
-              if 'reward' in inputs else {})
+    scores = (self.candidate_scores(inputs['source'], inputs['reward'], inputs['target'])
+              if 'reward' in inputs else None)
+    credit = {} if scores is None else self._credit_sums(scores, inputs['source'][1])
     source, kept_lambda_sum = None, tf.constant(0.0)
     if 'source' in inputs:
-      images, labels, weights = self._kept_source(inputs['source'], inputs['lambda'])
+      images, labels, weights, indices = self._kept_source(inputs['source'], inputs['lambda'])
       kept_lambda_sum = tf.reduce_sum(weights)
       weights = normalise_source_weights(
           weights, self.config.optimizer.source_weight_normalization)
       source = (images, labels, weights * inputs['alpha'])
+      if scores is not None and self.config.policy.alpha_credit == 'first_order':
+        # alpha_s scales only the kept examples, each by its applied weight: the
+        # first-order drop of the validation loss per unit of alpha_s.
+        kept_scores = scores if indices is None else tf.gather(scores, indices)
+        credit['credit_alpha'] = tf.reduce_sum(weights * kept_scores)
     losses = self._model_update(source, inputs.get('target'))
     self._sync_moving_statistics()
     return {**losses, 'kept_lambda_sum': kept_lambda_sum, **credit}
@@ -245,6 +255,7 @@ class Trainer:
   def _kept_source(self, batch, lambda_per_class):
     """The B_S/R source examples this replica trains on, decoded, with their lambda.
 
+    Also returns their positions among the candidates (None: all were kept).
     Candidates arrive decoded (images, labels) or, with source_decode =
     'after_select', as (encoded, labels, seeds): lambda depends only on the
     label, so the top B_S are chosen before anything is decoded.
@@ -253,7 +264,7 @@ class Trainer:
     labels = batch[1]
     weights = tf.gather(lambda_per_class, labels)
     if labels.shape[0] == kept:  # no candidates beyond B_S: nothing to select
-      return batch[0], labels, weights
+      return batch[0], labels, weights, None
     indices = self._selected_indices(weights, kept)
     if len(batch) == 2:
       images = tf.gather(batch[0], indices)
@@ -261,7 +272,7 @@ class Trainer:
       encoded, _, seeds = batch
       images = input_pipeline.decode_and_augment(
           tf.gather(encoded, indices), tf.gather(seeds, indices), self.config.data)
-    return images, tf.gather(labels, indices), tf.gather(weights, indices)
+    return images, tf.gather(labels, indices), tf.gather(weights, indices), indices
 
   def _selected_indices(self, weights: tf.Tensor, kept: int) -> tf.Tensor:
     """Positions of this replica's kept candidates.
@@ -357,7 +368,7 @@ class Trainer:
       variable.assign(value)
     return logits
 
-  def _replica_credit(self, source_batch, reward_batch, target_batch, lambda_per_class) -> dict:
+  def candidate_scores(self, source_batch, reward_batch, target_batch) -> tf.Tensor:
     """First-order value of every source candidate for the validation loss.
 
     u_i = <grad_g L_S(x_i), grad_g L_val>: how much an SGD step on candidate i
@@ -368,9 +379,7 @@ class Trainer:
     logits = scale * cos(g(x_val), class means of g(this step's target batch)),
     which values the representation whatever h_T's current geometry. The
     validation gradient is the mean over replicas; u_i comes from one
-    forward-mode pass over the candidates. Returns per-class sums and counts,
-    the moments of u and, with --alpha_credit=first_order, sum_i lambda(c_i)
-    u_i (alpha_s's first-order value), all summed across replicas by the caller.
+    forward-mode pass over the candidates. Returns u, one score a candidate.
     """
     variables = self.model.encoder.trainable_variables
     if self.config.policy.credit_last_variables:
@@ -389,17 +398,17 @@ class Trainer:
     with tf.autodiff.ForwardAccumulator([v.value for v in variables], gradients) as acc:
       source_logits = self.model.source_logits(images, training=False)
       per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, source_logits)
-    scores = acc.jvp(per_example)
+    return acc.jvp(per_example)
+
+  def _credit_sums(self, scores, labels) -> dict:
+    """Per-class sums and counts of the scores and their moments, summed across
+    replicas by the caller."""
     num_classes = self.config.data.source_num_classes
-    credit = {'credit_sum': tf.math.unsorted_segment_sum(scores, labels, num_classes),
-              'credit_count': tf.math.unsorted_segment_sum(tf.ones_like(scores), labels,
-                                                           num_classes),
-              'credit_moments': tf.stack([tf.reduce_sum(scores),
-                                          tf.reduce_sum(scores * scores),
-                                          tf.cast(tf.size(scores), tf.float32)])}
-    if self.config.policy.alpha_credit == 'first_order':
-      credit['credit_alpha'] = tf.reduce_sum(tf.gather(lambda_per_class, labels) * scores)
-    return credit
+    return {'credit_sum': tf.math.unsorted_segment_sum(scores, labels, num_classes),
+            'credit_count': tf.math.unsorted_segment_sum(tf.ones_like(scores), labels,
+                                                         num_classes),
+            'credit_moments': tf.stack([tf.reduce_sum(scores), tf.reduce_sum(scores * scores),
+                                        tf.cast(tf.size(scores), tf.float32)])}
 
   def _ncm_logits(self, val_images, target_batch):
     """Nearest-class-mean logits: scaled cosine to the target batch's class means.
@@ -412,13 +421,16 @@ class Trainer:
     """
     target_images, target_labels = target_batch
     num_classes = self.config.data.target_num_classes
-    features = tf.math.l2_normalize(self.model.encoder(target_images, training=False), -1)
+    # float32 whatever --precision: this loss's gradient scores every candidate.
+    features = tf.math.l2_normalize(
+        tf.cast(self.model.encoder(target_images, training=False), tf.float32), -1)
     sums, counts = self._across_replicas(tf.distribute.ReduceOp.SUM, [
         tf.math.unsorted_segment_sum(features, target_labels, num_classes),
         tf.math.unsorted_segment_sum(tf.ones_like(features[:, :1]), target_labels,
                                      num_classes)])
     means = tf.math.l2_normalize(tf.math.divide_no_nan(sums, counts), -1)
-    val_features = tf.math.l2_normalize(self.model.encoder(val_images, training=False), -1)
+    val_features = tf.math.l2_normalize(
+        tf.cast(self.model.encoder(val_images, training=False), tf.float32), -1)
     return self.config.policy.credit_ncm_scale * tf.matmul(val_features, means,
                                                            transpose_b=True)
 

@@ -1,5 +1,6 @@
 """Policy math: values, log-prob, entropy, sampling, REINFORCE and baselines."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -170,6 +171,31 @@ def test_per_class_credit_raises_lambda_where_the_advantage_is_positive(estimato
   assert expected[0] > 0.8 and expected[1] < 0.2, expected
   assert abs(expected[2] - 0.5) < 0.1 + (0.15 if estimator == 'reinforce' else 0.0), expected
   assert not np.allclose(policy.alpha_logits.numpy(), alpha_before)  # alpha: scalar reward
+
+
+def test_adam_credit_moves_only_classes_with_candidates_and_is_adam_when_all_are():
+  """Adam over the whole logits kept moving absent classes by their first moment."""
+  policy = make_policy(num_classes=3, lambda_credit='first_order', credit_estimator='expected',
+                       credit_optimizer='adam', credit_learning_rate=0.05)
+  reference = tf.Variable(tf.zeros([3, 4]))
+  adam = keras.optimizers.Adam(0.05)
+  actions = policy.sample(policy.step_seed(tf.constant(0, tf.int64)))
+  update = tf.function(policy.update_per_class)
+  update(actions, tf.constant([1.0, -1.0, 0.5]), tf.constant(0.5),
+         present=tf.constant([True, True, True]))
+  with tf.GradientTape() as tape:
+    loss = -tf.reduce_sum(tf.constant([1.0, -1.0, 0.5]) * tf.reduce_sum(
+        tf.nn.softmax(reference) * policy.lambda_values(tf.range(4)), -1))
+  adam.apply_gradients([(tape.gradient(loss, reference), reference)])
+  np.testing.assert_allclose(policy.lambda_logits.numpy(), reference.numpy(), rtol=1e-5,
+                             atol=1e-7)
+  before = policy.lambda_logits.numpy()
+  for step in range(1, 6):  # classes 0 and 1 have no candidates from here on
+    update(actions, tf.constant([0.0, 0.0, 0.5]), tf.constant(0.5),
+           present=tf.constant([False, False, True]))
+  after = policy.lambda_logits.numpy()
+  np.testing.assert_array_equal(after[:2], before[:2])
+  assert not np.allclose(after[2], before[2])
 
 
 def _alpha_first_order_policy(**overrides):
