@@ -118,7 +118,13 @@ def int32_values(block: tuple, count: int) -> tf.Tensor:
 
   Returns:
     int32 [N, count] in [0, 2^31 - 1).
+
+  Raises:
+    ValueError: for count outside [1, 4]: a block holds four words (more
+      would silently come back as four).
   """
+  if not 1 <= count <= len(block):
+    raise ValueError(f'count={count}: a block gives 1 to {len(block)} values per seed.')
   return tf.cast(tf.stack(block[:count], axis=1) % _u64(2**31 - 1), tf.int32)
 
 

@@ -38,6 +38,14 @@ def test_int32_values_equal_stateless_uniform(seeds):
   assert values.dtype == tf.int32
 
 
+@pytest.mark.parametrize('count', [0, 6])
+def test_int32_values_refuse_counts_a_block_cannot_give(seeds, count):
+  """6 came back as 4 values without a word."""
+  (block,) = stateless_draws.first_blocks(tf.constant(seeds))
+  with pytest.raises(ValueError, match=f'count={count}: a block gives 1 to 4 values'):
+    stateless_draws.int32_values(block, count)
+
+
 def test_below_half_equals_stateless_uniform_float(seeds):
   (block,) = stateless_draws.first_blocks(tf.constant(seeds))
   expected = np.array([tf.random.stateless_uniform([], seed=seed).numpy() < 0.5
