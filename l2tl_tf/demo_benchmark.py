@@ -27,7 +27,7 @@ class Preempted(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-  """Sizes and schedules of the demo (defaults: 4-7 minutes on 2 cores, measured)."""
+  """Sizes and schedules of the demo (defaults: 4-8 minutes on 2 cores, measured)."""
   out_dir: str = 'l2tl_demo'
   seed: int = 0
   examples_per_class: int = 10
