@@ -99,24 +99,30 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
     metrics = _run_loop(run, iterators, step, num_steps, log)
     step += num_steps
     _stop_if_loss_diverged(run, metrics, step - num_steps + 1, step)
-    # Read once: a SIGTERM landing after the save below (in validation, the
-    # summaries or the log) stops the run at the next loop's end, which saves.
-    stopping = preemption.received
     # Saved before validation, so a failed validation pass loses no training.
-    if step % config.checkpoint_every == 0 or step >= config.train_steps or stopping:
-      _stop_if_weights_diverged(run, step)
-      run.manager.save(checkpoint_number=step)
+    saved = (step % config.checkpoint_every == 0 or step >= config.train_steps
+             or preemption.received)
+    if saved:
+      _save(run, step)
     if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
       metrics['eval/val_top1'] = validate_on()
     history.append({'step': step, **metrics})
     _write_summaries(writer, run, metrics, step)
     log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
                        (time.time() - started) / max(step - start, 1)))
-    if stopping:
+    if preemption.received:
+      if not saved:  # it landed after the save above (in validation, summaries or the log)
+        _save(run, step)
       log(f'SIGTERM received: checkpoint saved at step {step}. Rerun the same command to '
           'resume.')
       break
   return metrics, history
+
+
+def _save(run: runs.Run, step: int) -> None:
+  """Checkpoints `step`, unless the weights have diverged (then it raises)."""
+  _stop_if_weights_diverged(run, step)
+  run.manager.save(checkpoint_number=step)
 
 
 def _run_loop(run: runs.Run, iterators: dict, step: int, num_steps: int, log) -> dict:
