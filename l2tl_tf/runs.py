@@ -132,7 +132,17 @@ def restore_latest(run: Run) -> bool:
   """Restores the newest checkpoint of the run; False when there is none."""
   if not run.manager.latest_checkpoint:
     return False
-  run.checkpoint.restore(run.manager.latest_checkpoint).assert_existing_objects_matched()
+  status = run.checkpoint.restore(run.manager.latest_checkpoint)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as error:
+    # For example a first-order credit run with Adam checkpointed before
+    # 2026-11-27, whose lambda optimizer state had another form.
+    raise ValueError(
+        f'{run.manager.latest_checkpoint} lacks state this run keeps '
+        f'({str(error).splitlines()[0][:200]}): '
+        'it was written by an older l2tl_tf. Resume it with that version, or train in a '
+        'new --model_dir.') from error
   return True
 
 

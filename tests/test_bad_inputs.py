@@ -485,3 +485,17 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tiny_data, tmp_path)
   assert 'there is no earlier checkpoint' in message
   assert f'check the inputs of those steps and --warm_start_from={pretrained}' in message
   assert tf.train.latest_checkpoint(config.model_dir) is None
+
+
+def test_a_checkpoint_without_this_runs_state_is_explained(tiny_data, tmp_path):
+  """An Adam-credit run checkpointed before the lazy Adam (another optimizer state)
+  failed to resume with a bare 'Found 3 Python objects that were not bound'."""
+  sgd = tiny_config(tiny_data, tmp_path / 'run', train_steps=2)
+  sgd = dataclasses.replace(sgd, policy=dataclasses.replace(
+      sgd.policy, lambda_credit='first_order', credit_optimizer='sgd'))
+  loop.run_training(sgd, log=lambda _: None)
+  adam = dataclasses.replace(sgd, train_steps=4, policy=dataclasses.replace(
+      sgd.policy, credit_optimizer='adam'))
+  (tmp_path / 'run' / 'config.json').write_text(adam.to_json())  # as an older version wrote it
+  with pytest.raises(ValueError, match='lacks state this run keeps.*older l2tl_tf'):
+    loop.run_training(adam, log=lambda _: None)
