@@ -388,10 +388,6 @@ def finished(path: str, expected_fingerprint: str, expected_data: str) -> Option
   return None
 
 
-# Exit status after SIGTERM, as l2tl-train's: rerun the command to go on.
-PREEMPTED_EXIT_CODE = loop.PREEMPTED_EXIT_CODE
-
-
 class Preempted(Exception):
   """A run stopped on SIGTERM: its model is part-trained, so nothing is recorded."""
 
@@ -943,7 +939,7 @@ def main(argv):
     run_suite(dataclasses.replace(bench, suite=suite))
   except Preempted as stopped:
     print(stopped, flush=True)
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)  # as l2tl-train's: rerun the command to go on
   # The reports cover every finished run of the suite, not only this selection.
   records = finished_records(bench)
   if not records:

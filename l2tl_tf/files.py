@@ -21,6 +21,7 @@ def write_text_atomically(path: str, text: str) -> None:
     with tf.io.gfile.GFile(partial, 'w') as f:
       f.write(text)
     tf.io.gfile.rename(partial, path, overwrite=True)
-  finally:
+  except BaseException:
     if tf.io.gfile.exists(partial):
       tf.io.gfile.remove(partial)
+    raise

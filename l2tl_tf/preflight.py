@@ -125,9 +125,8 @@ def check_backbone(config: Config) -> None:
   written.
   """
   name, size = config.model.backbone, config.data.image_size
-  weights = config.model.backbone_weights
-  resumes = bool(tf.train.latest_checkpoint(config.model_dir))  # restores, never reads it
-  if weights and not resumes and not tf.io.gfile.exists(weights):
+  weights = runs.starting_weights(config)
+  if weights and not tf.io.gfile.exists(weights):
     raise ValueError(f'--backbone_weights={weights} does not exist: give a local weights file '
                      '(nothing is downloaded), or drop the flag to start from random weights.')
   if name not in models.ENCODERS:
@@ -138,7 +137,7 @@ def check_backbone(config: Config) -> None:
     raise ValueError(f'--backbone={name} cannot take --image_size={size}: it needs at least '
                      f'{smallest[name]} px. Raise --image_size, or pick a backbone that '
                      f'takes {size} px (smallest sizes: {sizes}).')
-  if weights and not resumes:
+  if weights:
     _check_weights_load(config)
 
 

@@ -110,9 +110,7 @@ def build(config: Config, strategy: tf.distribute.Strategy,
   data = config.data
   source_classes = data.source_num_classes if config.mode.uses_source else 0
   target_classes = data.target_num_classes if config.mode.uses_target else 0
-  # A run that resumes restores every weight from its checkpoint: the starting
-  # weights file is not read (it may have stayed on a preempted VM's disk).
-  weights = '' if tf.train.latest_checkpoint(config.model_dir) else config.model.backbone_weights
+  weights = starting_weights(config)
   with strategy.scope():
     model = TransferModel(config.model.backbone, data.image_size, data.num_channels,
                           source_classes, target_classes, weights, config.precision)
@@ -126,6 +124,15 @@ def build(config: Config, strategy: tf.distribute.Strategy,
   manager = ChiefCheckpointManager(checkpoint, config.model_dir, strategy,
                                   max_to_keep=config.keep_checkpoints)
   return Run(config, strategy, model, policy, trainer, checkpoint, manager)
+
+
+def starting_weights(config: Config) -> str:
+  """The --backbone_weights file a run loads: none when it resumes.
+
+  A resumed run restores every weight from its checkpoint, so the starting
+  file is not read (it may have stayed on a preempted VM's disk).
+  """
+  return '' if tf.train.latest_checkpoint(config.model_dir) else config.model.backbone_weights
 
 
 def restore_latest(run: Run) -> bool:

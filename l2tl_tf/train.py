@@ -12,14 +12,13 @@ from absl import app
 from l2tl_tf import flag_defs, loop
 
 flag_defs.define_flags()
-PREEMPTED_EXIT_CODE = loop.PREEMPTED_EXIT_CODE
 
 
 def main(argv):
   flag_defs.check_command_line(argv)
   result = loop.run_training(flag_defs.config_from_flags())
   if result.preempted:
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
   print(f'Finished {result.steps} steps in {result.seconds:.1f}s; outputs in {result.model_dir}')
 
 
