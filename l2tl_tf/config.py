@@ -80,6 +80,11 @@ class DataConfig:
   target_label_offset: int = 0
   source_num_classes: int = 0
   target_num_classes: int = 0
+  # Multi-label target (CheXpert, the paper's Table 7): each record's
+  # image/class/label holds the ids of its positive classes (any number, none
+  # included); h_T is trained with per-class sigmoid cross-entropy and scored
+  # by per-class and mean AUC. The source stays single-label.
+  target_multi_label: bool = False
   # Text file, one class name per line. Empty: `class_names.txt` next to the
   # source files if present, else TFDS label names, else the class ids.
   source_class_names: str = ''
@@ -497,6 +502,28 @@ def validate(config: Config) -> None:
   _require(not config.jit_compile or config.strategy in ('default', 'one_device', 'tpu'),
            f'--jit_compile needs a single-replica strategy or TPU, not --strategy='
            f'{config.strategy} (XLA fails under MirroredStrategy on CPU devices).')
+  if data.target_multi_label and config.mode.uses_target:
+    _validate_multi_label(config)
+
+
+def _validate_multi_label(config: Config) -> None:
+  """What a multi-label target cannot take, refused with the alternative."""
+  data, policy = config.data, config.policy
+  _require(not config.mode.uses_policy or policy.reward_metric == 'auc',
+           '--target_multi_label needs --reward_metric=auc: top-1 accuracy is not defined '
+           'when an image has several (or no) positive classes.')
+  _require(not data.examples_per_class,
+           f'--examples_per_class={data.examples_per_class} cannot subset a multi-label '
+           'target (an image counts towards several classes, or none): build the subset '
+           'you want and pass --examples_per_class=0.')
+  _require(not data.val_examples_per_class,
+           f'--val_examples_per_class={data.val_examples_per_class} cannot carve a '
+           'multi-label target per class: pass the reward set as --target_val (for '
+           'CheXpert, split by patient so that no patient is in both).')
+  _require(not (config.mode.learns_lambda and policy.lambda_credit == 'first_order'
+                and policy.credit_signal == 'ncm'),
+           '--credit_signal=ncm scores with a nearest-class-mean head, which needs one class '
+           'per image: use --credit_signal=ce with --target_multi_label.')
 
 
 SOURCE_DECODES = ('after_select', 'pipeline')

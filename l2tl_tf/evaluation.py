@@ -1,7 +1,9 @@
 """Evaluation of a trained run's target head on a target split.
 
 Writes `model_dir/metrics.json` (contract: `split`, `num_examples`, `top1`,
-plus `mean_auc`, one-vs-rest over the split, and the checkpoint `step`).
+plus `mean_auc`, one-vs-rest over the split, and the checkpoint `step`). For a
+multi-label target (--target_multi_label) `top1` is null, `per_class_auc` lists
+each class's AUC and `mean_auc` is their mean, as CheXpert is scored.
 """
 
 import json
@@ -18,9 +20,13 @@ METRICS_FILE = 'metrics.json'
 
 
 def make_predictor(run: Run) -> Callable[[tf.Tensor], tf.Tensor]:
-  """A traced images -> target-head probabilities function (inference mode)."""
+  """A traced images -> target-head probabilities function (inference mode).
+
+  Softmax over classes, or each class's sigmoid for a multi-label target.
+  """
+  activation = tf.math.sigmoid if run.config.data.target_multi_label else tf.nn.softmax
   return tf.function(
-      lambda images: tf.nn.softmax(run.model.target_logits(images, training=False)))
+      lambda images: activation(run.model.target_logits(images, training=False)))
 
 
 def predict_dataset(predictor: Callable, dataset: tf.data.Dataset) -> tuple[np.ndarray,
@@ -39,15 +45,16 @@ def top1(probabilities: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
-def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-  """Mean ROC AUC over classes that have both positives and negatives.
+def class_aucs(positives: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+  """ROC AUC of each class's scores against its [N, C] boolean positives.
 
-  Tied scores take their mean rank (a tie counts one half), so the result
-  does not depend on the order of the examples.
+  NaN for a class without both positives and negatives. Tied scores take
+  their mean rank (a tie counts one half), so the result does not depend on
+  the order of the examples.
   """
-  aucs = []
+  aucs = np.full(probabilities.shape[1], np.nan)
   for cls in range(probabilities.shape[1]):
-    positive = labels == cls
+    positive = positives[:, cls]
     if positive.all() or not positive.any():
       continue
     scores = probabilities[:, cls]
@@ -55,8 +62,40 @@ def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     ranks = (np.searchsorted(ordered, scores, 'left') + np.searchsorted(ordered, scores, 'right')
              + 1) / 2
     num_pos, num_neg = positive.sum(), (~positive).sum()
-    aucs.append((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
-  return float(np.mean(aucs)) if aucs else float('nan')
+    aucs[cls] = (ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg)
+  return aucs
+
+
+def positives_of(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """[N, C] boolean positives of class ids [N] or multi-hot labels [N, C]."""
+  if labels.ndim == 2:
+    return labels > 0.5
+  return labels[:, None] == np.arange(num_classes)[None, :]
+
+
+def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+  """Mean ROC AUC over classes that have both positives and negatives.
+
+  `labels`: class ids [N], or multi-hot [N, C] for a multi-label target.
+  """
+  aucs = class_aucs(positives_of(labels, probabilities.shape[1]), probabilities)
+  return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float('nan')
+
+
+def validation_metric(config) -> tuple[str, Callable[[np.ndarray, np.ndarray], float]]:
+  """The validation curve's name and its score of (probabilities, labels).
+
+  Top-1, or mean AUC for a multi-label target, where top-1 has no meaning.
+  """
+  if config.data.target_multi_label:
+    return 'eval/val_mean_auc', lambda probabilities, labels: one_vs_rest_auc(labels,
+                                                                              probabilities)
+  return 'eval/val_top1', top1
+
+
+def _json_number(value: float):
+  """null, not NaN (which is not JSON), for an undefined metric."""
+  return float(value) if np.isfinite(value) else None
 
 
 def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict:
@@ -72,16 +111,20 @@ def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict
     raise ValueError(f'{model_dir} is a {run.config.mode.value} run: it has no target head.')
   probabilities, labels = predict_dataset(make_predictor(run),
                                           input_pipeline.eval_dataset(run.config, split))
-  check_labels(labels, probabilities.shape[1], split, run.config)
-  auc = one_vs_rest_auc(labels, probabilities)
+  multi_label = run.config.data.target_multi_label
+  if not multi_label:  # multi-hot labels were range-checked as they were read
+    check_labels(labels, probabilities.shape[1], split, run.config)
+  aucs = class_aucs(positives_of(labels, probabilities.shape[1]), probabilities)
   metrics = {
       'split': split,
       'num_examples': int(len(labels)),
-      'top1': top1(probabilities, labels),
-      # null, not NaN (which is not JSON), when no class has both positives and negatives.
-      'mean_auc': auc if np.isfinite(auc) else None,
-      'step': int(run.trainer.step.numpy()),
+      'top1': None if multi_label else top1(probabilities, labels),
+      # null when no class has both positives and negatives.
+      'mean_auc': _json_number(np.nanmean(aucs)) if np.isfinite(aucs).any() else None,
   }
+  if multi_label:
+    metrics['per_class_auc'] = [_json_number(auc) for auc in aucs]
+  metrics['step'] = int(run.trainer.step.numpy())
   files.write_text_atomically(os.path.join(model_dir, METRICS_FILE),
                               json.dumps(metrics, indent=2, allow_nan=False))
   return metrics

@@ -61,6 +61,9 @@ _FIELDS = {
     'target_label_offset': ('data', 'target_label_offset', 'Subtracted from target labels.'),
     'source_num_classes': ('data', 'source_num_classes', 'C_S, number of source classes.'),
     'target_num_classes': ('data', 'target_num_classes', 'C_T, number of target classes.'),
+    'target_multi_label': ('data', 'target_multi_label',
+                           'Multi-label target: each record lists its positive class ids; '
+                           'sigmoid cross-entropy, AUC reward and metrics (CheXpert).'),
     'source_class_names': ('data', 'source_class_names',
                            'Text file with one source class name per line.'),
     'image_size': ('data', 'image_size', 'Side of the square network input.'),

@@ -97,7 +97,7 @@ def tfrecord_compression_type(files: list[str]) -> str:
 def raw_dataset(spec: str, data: DataConfig, label_offset: int,
                 input_context: Optional[tf.distribute.InputContext] = None,
                 shuffle_files_seed: Optional[int] = None,
-                num_classes: int = 0) -> tf.data.Dataset:
+                num_classes: int = 0, multi_label: bool = False) -> tf.data.Dataset:
   """Examples as (encoded image bytes, int32 label), labels made 0-based.
 
   Args:
@@ -111,18 +111,47 @@ def raw_dataset(spec: str, data: DataConfig, label_offset: int,
       with an error naming `spec`. The source stream needs it: its shards are
       only sampled before training (see preflight.py), and on accelerators an
       out-of-range label gives NaN or garbage rather than an error.
+    multi_label: each record holds a list of positive class ids; they become
+      a float32 multi-hot vector of length `num_classes` (required then).
 
   Returns:
-    A tf.data.Dataset of (tf.string, tf.int32) scalars.
+    A tf.data.Dataset of (tf.string, tf.int32) scalars, or (tf.string,
+    float32 [num_classes]) with `multi_label`.
   """
   parsed = parse_spec(spec)
   if parsed.is_tfds:
     dataset = _tfds_dataset(parsed, data, input_context, shuffle_files_seed)
   else:
-    dataset = _tfrecord_dataset(parsed.spec, input_context, shuffle_files_seed)
+    dataset = _tfrecord_dataset(parsed.spec, input_context, shuffle_files_seed, multi_label)
+  if multi_label:
+    return dataset.map(
+        lambda image, ids: (image, _multi_hot(ids, spec, label_offset, num_classes)),
+        num_parallel_calls=AUTOTUNE)
   return dataset.map(
       lambda image, label: (image, _zero_based(label, spec, label_offset, num_classes)),
       num_parallel_calls=AUTOTUNE)
+
+
+def target_records(spec: str, data: DataConfig) -> tf.data.Dataset:
+  """A target dataset as (encoded image, label), in its deterministic order.
+
+  Labels are int32 class ids, or float32 multi-hot vectors of length C_T for
+  a multi-label target (--target_multi_label).
+  """
+  if not data.target_multi_label:
+    return raw_dataset(spec, data, data.target_label_offset)
+  return raw_dataset(spec, data, data.target_label_offset,
+                     num_classes=data.target_num_classes, multi_label=True)
+
+
+def _multi_hot(ids, spec, label_offset, num_classes):
+  """A record's positive class ids -> float32 multi-hot [num_classes], ids checked.
+
+  An id outside the class range would vanish silently in the one-hot, so it
+  stops the stream instead; no id at all is a valid all-negative image.
+  """
+  ids = _zero_based(tf.reshape(ids, [-1]), spec, label_offset, num_classes)
+  return tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes), axis=0), 1.0)
 
 
 def _zero_based(label, spec, label_offset, num_classes):
@@ -138,9 +167,10 @@ def _zero_based(label, spec, label_offset, num_classes):
     return tf.identity(label)
 
 
-def _tfrecord_dataset(pattern, input_context, shuffle_files_seed):
+def _tfrecord_dataset(pattern, input_context, shuffle_files_seed, multi_label=False):
   return _serialized_records(pattern, input_context, shuffle_files_seed).map(
-      records.parse_example, num_parallel_calls=AUTOTUNE)
+      lambda serialized: records.parse_example(serialized, multi_label),
+      num_parallel_calls=AUTOTUNE)
 
 
 def _serialized_records(pattern, input_context, shuffle_files_seed):
@@ -421,8 +451,27 @@ def _class_too_small(cls: int, size: int, dataset: str, num_classes: int,
           f'{size} together at most, or add examples of class {cls}.')
 
 
+def scan_target_labels(spec: str, data: DataConfig) -> np.ndarray:
+  """All labels of a target dataset in order: [N] ids, or [N, C_T] multi-hot."""
+  labels = target_records(spec, data).map(lambda _, label: label)
+  batches = list(labels.batch(4096).as_numpy_iterator())
+  if not batches:
+    spec_ = labels.element_spec
+    return np.zeros([0, *spec_.shape.as_list()], spec_.dtype.as_numpy_dtype)
+  return np.concatenate(batches)
+
+
 def target_subsets(config: Config) -> TargetSubsets:
+  """The run's train and reward positions in target_train.
+
+  A multi-label target trains on every example: `config.validate` refuses
+  per-class subsets and carve-outs for it.
+  """
   data = config.data
+  if data.target_multi_label:
+    count = len(scan_target_labels(data.target_train, data))
+    return TargetSubsets(num_examples=count, train_indices=np.arange(count),
+                         val_indices=np.zeros([0], np.int64))
   labels = scan_labels(data.target_train, data, data.target_label_offset)
   val_per_class = data.val_examples_per_class if not data.target_val else 0
   return choose_target_subsets(labels, data.target_num_classes, data.examples_per_class,
@@ -643,7 +692,7 @@ def target_train_dataset(config: Config, subsets: TargetSubsets,
   data = config.data
   seed = _pipeline_seed(config.seed, 2, input_context)
   batch = _per_replica_batch(config.target_batch_size, input_context, 'target')
-  dataset = _take_positions(raw_dataset(data.target_train, data, data.target_label_offset),
+  dataset = _take_positions(target_records(data.target_train, data),
                             subsets.train_indices, subsets.num_examples)
   pipelines, pipeline_id = 1, 0
   if input_context and input_context.num_input_pipelines > 1:
@@ -696,8 +745,8 @@ def reward_records(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:
   """The target-validation examples (D'_T) as (encoded image, label), unbatched."""
   data = config.data
   if data.target_val:
-    return raw_dataset(data.target_val, data, data.target_label_offset)
-  return _take_positions(raw_dataset(data.target_train, data, data.target_label_offset),
+    return target_records(data.target_val, data)
+  return _take_positions(target_records(data.target_train, data),
                          subsets.val_indices, subsets.num_examples)
 
 
@@ -783,14 +832,13 @@ def eval_dataset(config: Config, split: str) -> tf.data.Dataset:
   if split == 'test':
     if not data.target_test:
       raise ValueError('Evaluating split=test needs --target_test.')
-    dataset = eval_preprocessed(
-        raw_dataset(data.target_test, data, data.target_label_offset), data)
+    dataset = eval_preprocessed(target_records(data.target_test, data), data)
   elif split == 'val':
     dataset = reward_examples(config, target_subsets(config))
   elif split == 'train':
     subsets = target_subsets(config)
     dataset = eval_preprocessed(_take_positions(
-        raw_dataset(data.target_train, data, data.target_label_offset),
+        target_records(data.target_train, data),
         subsets.train_indices, subsets.num_examples), data)
   else:
     raise ValueError(f'--split={split!r}: use one of {EVAL_SPLITS}.')

@@ -28,13 +28,22 @@ PRIOR_FILE = 'lambda_prior.csv'
 
 def class_mean_features(features: Callable[[tf.Tensor], tf.Tensor], dataset: tf.data.Dataset,
                         num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-  """Mean feature and example count per class over a batched (images, labels) dataset."""
+  """Mean feature and example count per class over a batched (images, labels) dataset.
+
+  Labels are class ids, or multi-hot rows (a multi-label target): an image
+  then counts towards the mean of each of its positive classes.
+  """
   sums, counts = None, np.zeros(num_classes, np.int64)
   for images, labels in dataset:
     batch = features(images).numpy().astype(np.float64)
     labels = labels.numpy()
     if sums is None:
       sums = np.zeros([num_classes, batch.shape[1]])
+    if labels.ndim == 2:
+      positives = (labels > 0.5).astype(np.float64)
+      sums += positives.T @ batch
+      counts += positives.sum(axis=0).astype(np.int64)
+      continue
     np.add.at(sums, labels, batch)
     counts += np.bincount(labels, minlength=num_classes)
   if sums is None:

@@ -35,7 +35,8 @@ class TrainResult:
   seconds: float
   ranked_classes: Optional[list] = None
   # One entry per loop: {'step': ..., metric: mean over the loop, ...} plus
-  # 'eval/val_top1' where evaluated (see Config.eval_every).
+  # 'eval/val_top1' ('eval/val_mean_auc' for a multi-label target) where
+  # evaluated (see Config.eval_every).
   history: list = dataclasses.field(default_factory=list)
   # True when SIGTERM stopped the run early (after saving a checkpoint).
   preempted: bool = False
@@ -105,7 +106,7 @@ def _train_loops(run: runs.Run, iterators: dict, writer, validate_on, preemption
     if saved:
       _save(run, step)
     if validate_on and (step % config.eval_every == 0 or step >= config.train_steps):
-      metrics['eval/val_top1'] = validate_on()
+      metrics[evaluation.validation_metric(run.config)[0]] = validate_on()
     history.append({'step': step, **metrics})
     _write_summaries(writer, run, metrics, step)
     log(_progress_line(config, step, metrics, num_steps / (time.time() - loop_start),
@@ -220,12 +221,14 @@ def _start_lambda_prior(run: runs.Run, class_names, log) -> None:
 
 
 def _validation_evaluator(config: Config, run: runs.Run, subsets):
-  """A no-argument function giving validation top-1, or None when not asked for."""
+  """A no-argument function giving the validation metric (top-1, or mean AUC
+  for a multi-label target), or None when not asked for."""
   if not (config.eval_every and config.mode.uses_target):
     return None
   dataset = input_pipeline.validation_batches(config, subsets)
   predictor = evaluation.make_predictor(run)
-  return lambda: evaluation.top1(*evaluation.predict_dataset(predictor, dataset))
+  score = evaluation.validation_metric(config)[1]
+  return lambda: score(*evaluation.predict_dataset(predictor, dataset))
 
 
 def _iterators(config: Config, strategy, subsets, start_step: int) -> dict:

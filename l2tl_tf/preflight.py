@@ -53,6 +53,8 @@ class DatasetCheck:
   label_offset: int
   # False: only each file's first record (see the module docstring).
   every_record: bool
+  # Records list positive class ids (--target_multi_label).
+  multi_label: bool = False
 
   @property
   def name(self) -> str:
@@ -61,7 +63,11 @@ class DatasetCheck:
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
-  """The 0-based labels of the records read, and where each one is stored."""
+  """The 0-based labels of the records read, and where each one is stored.
+
+  A multi-label record contributes one entry per positive class id (none
+  when it has no positive class).
+  """
   files: list
   file_index: np.ndarray
   position: np.ndarray
@@ -174,7 +180,8 @@ def datasets(config: Config) -> list[DatasetCheck]:
       spec = getattr(data, flag)
       if spec:
         found.append(DatasetCheck(flag, spec, 'target', data.target_num_classes,
-                                  data.target_label_offset, every_record))
+                                  data.target_label_offset, every_record,
+                                  data.target_multi_label))
   return found
 
 
@@ -190,9 +197,7 @@ def scan_dataset(dataset: DatasetCheck, data: DataConfig) -> Scan:
       tf.train.Example, or an image that does not decode.
   """
   if input_pipeline.parse_spec(dataset.spec).is_tfds:
-    labels = (input_pipeline.scan_labels(dataset.spec, data, dataset.label_offset)
-              if dataset.every_record else np.zeros([0], np.int64))
-    return Scan([dataset.spec], np.zeros_like(labels), np.arange(len(labels)), labels)
+    return _scan_tfds(dataset, data)
   try:
     files = input_pipeline.list_files(dataset.spec)
   except ValueError as error:
@@ -201,12 +206,29 @@ def scan_dataset(dataset: DatasetCheck, data: DataConfig) -> Scan:
   limit = -1 if dataset.every_record else 1
   positioned = _positioned_records(files, compression, limit)
   counts = _record_counts(dataset, files, compression, limit, positioned)
-  file_index, position, labels = _decodable_examples(positioned, data.num_channels)
+  file_index, position, label_rows, labels = _decodable_examples(
+      positioned, data.num_channels, dataset.multi_label)
   bad = _first_missing(counts, file_index, position)
   if bad:
     path = files[bad[0]]
     raise _bad_record_error(dataset, path, compression, bad[1], data.num_channels)
-  return Scan(files, file_index, position, labels - dataset.label_offset)
+  return Scan(files, file_index[label_rows], position[label_rows],
+              labels - dataset.label_offset)
+
+
+def _scan_tfds(dataset: DatasetCheck, data: DataConfig) -> Scan:
+  """A TFDS dataset's labels (only when every record is asked for)."""
+  if not dataset.every_record:
+    return Scan([dataset.spec], np.zeros([0], np.int64), np.zeros([0], np.int64),
+                np.zeros([0], np.int64))
+  if not dataset.multi_label:
+    labels = input_pipeline.scan_labels(dataset.spec, data, dataset.label_offset)
+    return Scan([dataset.spec], np.zeros_like(labels), np.arange(len(labels)), labels)
+  try:
+    rows, labels = np.nonzero(input_pipeline.scan_target_labels(dataset.spec, data))
+  except tf.errors.InvalidArgumentError as error:  # an id outside the class range
+    raise ValueError(f'{dataset.name}: {_tf_reason(error)}') from None
+  return Scan([dataset.spec], np.zeros_like(rows), rows, labels)
 
 
 def _positioned_records(files: list, compression: str, limit: int) -> tf.data.Dataset:
@@ -247,17 +269,37 @@ def _read_one_file(dataset: DatasetCheck, path: str, compression: str, limit: in
                      'no longer matches it.') from None
 
 
-def _decodable_examples(positioned: tf.data.Dataset, num_channels: int):
-  """(file index, position, stored label) of each record that parses and decodes.
+def _decodable_examples(positioned: tf.data.Dataset, num_channels: int,
+                        multi_label: bool = False):
+  """Where each record that parses and decodes is, and its stored labels.
 
   Records that fail are dropped (`ignore_errors`) in one parallel pass and
   found afterwards by their missing positions.
+
+  Returns:
+    (file index, position) per record, then each stored label with the
+    record it belongs to (label_rows indexes the first two): one per record,
+    or one per positive class id of a multi-label record.
   """
   def decoded(file_index, position, record):
-    image, label = records.parse_example(record)
-    return file_index, position, label, tf.shape(input_pipeline.decode_image(image,
-                                                                             num_channels))
-  return _columns(positioned.map(decoded, num_parallel_calls=AUTOTUNE).ignore_errors(), 3)
+    image, label = records.parse_example(record, multi_label)
+    # Returned so that the decode runs (and fails here) rather than being pruned.
+    shape = tf.shape(input_pipeline.decode_image(image, num_channels))
+    return file_index, position, tf.reshape(label, [-1]), shape
+  dataset = positioned.map(decoded, num_parallel_calls=AUTOTUNE).ignore_errors()
+  file_index, position, label_rows, labels = [], [], [], []
+  count = 0
+  for batch in dataset.ragged_batch(4096):
+    # Dense when every label list has one static length (single-label records).
+    stored = (batch[2] if isinstance(batch[2], tf.RaggedTensor)
+              else tf.RaggedTensor.from_tensor(batch[2]))
+    file_index.append(batch[0].numpy())
+    position.append(batch[1].numpy())
+    label_rows.append(count + stored.value_rowids().numpy())
+    labels.append(stored.flat_values.numpy())
+    count += len(file_index[-1])
+  return [np.concatenate(c).astype(np.int64) if c else np.zeros([0], np.int64)
+          for c in (file_index, position, label_rows, labels)]
 
 
 def _columns(dataset: tf.data.Dataset, count: int) -> list:
@@ -288,11 +330,11 @@ def _bad_record_error(dataset: DatasetCheck, path: str, compression: str, positi
   record = next(iter(stream.skip(position).take(1)))
   where = f'{dataset.name}: record {position} of {path}'
   try:
-    image, _ = records.parse_example(record)
+    image, _ = records.parse_example(record, dataset.multi_label)
   except tf.errors.InvalidArgumentError as error:
     return ValueError(f'{where} is not an ImageNet-style tf.train.Example ({_tf_reason(error)}). '
                       f'Each record needs {records.IMAGE_KEY} (bytes) and {records.LABEL_KEY} '
-                      '(int64): rewrite the shard with those features.')
+                      f'(int64): rewrite the shard with those features.{_multi_label_hint(record)}')
   try:
     input_pipeline.decode_image(image, num_channels)
   except tf.errors.InvalidArgumentError as error:
@@ -302,6 +344,18 @@ def _bad_record_error(dataset: DatasetCheck, path: str, compression: str, positi
                       'JPEG, or rewrite the shard without it.')
   return ValueError(f'{where} failed to decode once but not on a second read: check the '
                     'storage it is read from.')
+
+
+def _multi_label_hint(record: tf.Tensor) -> str:
+  """A hint when a record that fails the single-label parse lists several labels."""
+  try:
+    _, ids = records.parse_example(record, multi_label=True)
+  except tf.errors.InvalidArgumentError:
+    return ''
+  if tf.size(ids) == 1:
+    return ''
+  return (f' It lists {int(tf.size(ids))} labels ({ids.numpy().tolist()[:10]}): if the target '
+          'is multi-label, pass --target_multi_label.')
 
 
 def _tf_reason(error: tf.errors.OpError) -> str:

@@ -2,7 +2,9 @@
 
 Each record is a `tf.train.Example` with `image/encoded` (PNG or JPEG bytes)
 and `image/class/label` (int64), the feature names of the ImageNet TFRecords
-that TPU reference models read. Builders in `data/`, the demo and the tests all
+that TPU reference models read. A multi-label target (CheXpert) stores the ids
+of an image's positive classes in the same feature, any number of them (none
+included), so a single-label file also reads as a multi-label one. Builders in `data/`, the demo and the tests all
 write through `write_image_records`, so the reader has one format to trust.
 """
 
@@ -29,16 +31,30 @@ def encode_png(image: np.ndarray) -> bytes:
   return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
 
 
-def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """(encoded image bytes, int64 stored label) of one serialized record."""
-  parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+MULTI_LABEL_FEATURE_SPEC = {
+    IMAGE_KEY: FEATURE_SPEC[IMAGE_KEY],
+    LABEL_KEY: tf.io.RaggedFeature(tf.int64),
+}
+
+
+def parse_example(serialized: tf.Tensor,
+                  multi_label: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+  """(encoded image bytes, stored label) of one serialized record.
+
+  The label is an int64 scalar, or with `multi_label` the int64 vector of
+  the record's positive class ids (possibly empty).
+  """
+  spec = MULTI_LABEL_FEATURE_SPEC if multi_label else FEATURE_SPEC
+  parsed = tf.io.parse_single_example(serialized, spec)
   return parsed[IMAGE_KEY], parsed[LABEL_KEY]
 
 
-def make_example(encoded_image: bytes, label: int) -> tf.train.Example:
+def make_example(encoded_image: bytes, label) -> tf.train.Example:
+  """A record of one image; `label` is a class id, or a list of them (multi-label)."""
+  ids = [int(i) for i in np.atleast_1d(np.asarray(label, np.int64))]
   return tf.train.Example(features=tf.train.Features(feature={
       IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded_image])),
-      LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+      LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=ids)),
   }))
 
 
@@ -52,7 +68,8 @@ def write_image_records(prefix: str, images: np.ndarray, labels: Sequence[int],
     prefix: path prefix; shards are `{prefix}-00000-of-00004`.
     images: uint8 array [N, H, W] or [N, H, W, C].
     labels: N class ids (0-based; `label_offset` is added when stored, e.g. 1
-      to mimic 1-based ImageNet files).
+      to mimic 1-based ImageNet files), or N lists of positive class ids for
+      a multi-label target.
     num_shards: examples are dealt round-robin so every shard is non-empty
       when N >= num_shards.
     class_names: written to `class_names.txt` beside the shards when given.
@@ -62,14 +79,14 @@ def write_image_records(prefix: str, images: np.ndarray, labels: Sequence[int],
     The file pattern matching the written shards.
   """
   images = np.asarray(images)
-  labels = np.asarray(labels)
+  labels = list(labels)
   if len(images) != len(labels):
     raise ValueError(f'{len(images)} images but {len(labels)} labels for {prefix}.')
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   writers = [tf.io.TFRecordWriter(f'{prefix}-{i:05d}-of-{num_shards:05d}')
              for i in range(num_shards)]
   for index, (image, label) in enumerate(zip(images, labels)):
-    example = make_example(encode_png(image), int(label) + label_offset)
+    example = make_example(encode_png(image), np.asarray(label, np.int64) + label_offset)
     writers[index % num_shards].write(example.SerializeToString())
   for writer in writers:
     writer.close()

@@ -7,8 +7,11 @@ Serving convention). Both apply the run's own evaluation preprocessing, so a
 served model sees exactly what evaluation saw. Outputs: `probabilities`
 [batch, target classes] and `classes`, the index of the most probable class,
 0-based like the training labels after --target_label_offset is subtracted
-(add the offset back for labels stored 1-based). Keras 3 `model.save(dir)`
-cannot write this, hence `tf.saved_model.save` on a tf.Module.
+(add the offset back for labels stored 1-based). A multi-label target
+(--target_multi_label) gets each class's sigmoid probability instead, and
+`classes` is then [batch, target classes] int32, 1 where the probability is at
+least 0.5. Keras 3 `model.save(dir)` cannot write this, hence
+`tf.saved_model.save` on a tf.Module.
 """
 
 import tensorflow as tf
@@ -37,13 +40,18 @@ class ServingModule(tf.Module):
             input_pipeline.decode_image(image, self._data.num_channels), self._data),
         encoded, fn_output_signature=tf.float32)
     logits = self.target_head(self.encoder(images, training=False))
+    if self._data.target_multi_label:
+      probabilities = tf.math.sigmoid(logits)
+      return {'probabilities': probabilities,
+              'classes': tf.cast(probabilities >= 0.5, tf.int32)}
     probabilities = tf.nn.softmax(logits)
     return {'probabilities': probabilities,
             'classes': tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
 
   def _no_outputs(self) -> dict:
+    classes = [0, self.target_head.units] if self._data.target_multi_label else [0]
     return {'probabilities': tf.zeros([0, self.target_head.units]),
-            'classes': tf.zeros([0], tf.int32)}
+            'classes': tf.zeros(classes, tf.int32)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='images')])
   def serve_images(self, images):

@@ -50,12 +50,15 @@ def normalise_source_weights(weights: tf.Tensor, mode: str) -> tf.Tensor:
 def mean_auc(labels: tf.Tensor, scores: tf.Tensor, num_classes: int) -> tf.Tensor:
   """Mean one-vs-rest ROC AUC over classes present (with negatives) in the batch.
 
+  `labels` are class ids [B], or multi-hot [B, C] for a multi-label target
+  (then each class's AUC is its own positives against its negatives).
   AUC by the rank-sum (Mann-Whitney) formula with tied scores at their mean
   rank, so a tie counts one half, as in pairwise counting. Saturated softmax
   outputs (exactly 1.0) tie often late in training; ranking them by row order
   would make the reward depend on the batch's order.
   """
-  positives = tf.one_hot(labels, num_classes)
+  positives = (tf.cast(labels, tf.float32) if labels.shape.rank == 2
+               else tf.one_hot(labels, num_classes))
   by_class = tf.transpose(tf.cast(scores, tf.float32))
   ordered = tf.sort(by_class, axis=-1)
   below = tf.searchsorted(ordered, by_class, side='left')
@@ -391,8 +394,7 @@ class Trainer:
         logits = self._ncm_logits(val_images, target_batch)
       else:
         logits = self.model.target_logits(val_images, training=False)
-      val_loss = tf.reduce_mean(
-          tf.nn.sparse_softmax_cross_entropy_with_logits(val_labels, logits))
+      val_loss = tf.reduce_mean(self._target_per_example_loss(val_labels, logits))
     gradients = self._across_replicas(tf.distribute.ReduceOp.MEAN,
                                       tape.gradient(val_loss, variables))
     with tf.autodiff.ForwardAccumulator([v.value for v in variables], gradients) as acc:
@@ -440,14 +442,27 @@ class Trainer:
   def _target_loss(self, batch):
     images, labels = batch
     logits = self.model.target_logits(images, training=True)
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    return tf.nn.compute_average_loss(per_example,
+    return tf.nn.compute_average_loss(self._target_per_example_loss(labels, logits),
                                       global_batch_size=self.config.target_batch_size)
 
+  def _target_per_example_loss(self, labels, logits):
+    """L_T per example: softmax cross-entropy, or for a multi-label target the
+    mean over classes of each class's sigmoid cross-entropy (CheXpert's loss)."""
+    if not self.config.data.target_multi_label:
+      return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.cast(labels, logits.dtype), logits=logits), axis=-1)
+
   def replica_reward_outputs(self, batch):
-    """Correct count, labels and probabilities of the target head, inference mode."""
+    """Correct count, labels and probabilities of the target head, inference mode.
+
+    Multi-label: per-class sigmoid probabilities, and no correct count (the
+    reward is AUC; `config.validate` refuses accuracy).
+    """
     images, labels = batch
     logits = self._reward_logits(images)
+    if self.config.data.target_multi_label:
+      return tf.constant(0.0), tf.identity(labels), tf.math.sigmoid(logits)
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                              labels), tf.float32))
     return correct, tf.identity(labels), tf.nn.softmax(logits)
