@@ -184,6 +184,8 @@ def test_paper_flagfile_follows_appendix_a(parse, path):
   assert (config.model.backbone, config.data.image_size) == (
       ('densenet121', 224) if chexpert else ('inception_v3', 299))
   assert config.policy.reward_metric == ('auc' if chexpert else 'accuracy')
+  # CheXpert's five observations are multi-label (sigmoid head, AUC); the rest single-label.
+  assert config.data.target_multi_label == chexpert
   if chexpert:
     assert config.optimizer.learning_rate in (0.5, 0.8, 1.0, 1.3, 1.5, 2.0)
     assert config.optimizer.weight_decay in (0.0, 1e-4)
