@@ -212,6 +212,11 @@ class Config:
   mode: Mode = Mode.L2TL
   model_dir: str = ''
   warm_start_from: str = ''
+  # Run directory of a learned policy to replay, frozen: lambda and alpha_s are
+  # sampled from its logits every step and never updated, so no reward set is
+  # needed (the paper's Sec. 5: retrain on train + validation with the learned
+  # control variables). Read once, when the run starts; a resume reads its own.
+  policy_from: str = ''
   # CSV of lambda per source class (the columns of source_class_weights.csv):
   # fixes lambda in modes fixed and pretrain (DATL's importance weights).
   fixed_source_weights: str = ''
@@ -267,6 +272,15 @@ class Config:
     return self.batch_size
 
   @property
+  def learns_policy(self) -> bool:
+    """Whether the policy is updated from rewards, and so needs a reward set.
+
+    Not when --policy_from replays a learned policy: it is sampled every step,
+    frozen.
+    """
+    return self.mode.uses_policy and not self.policy_from
+
+  @property
   def source_batch_size(self) -> int:
     """B_S, global: the source examples trained on per step."""
     return int(round(self.source_batch_ratio * self.batch_size))
@@ -291,7 +305,7 @@ class Config:
     every candidate is decoded.
     """
     return (self.selects_source and self.source_decode == 'after_select'
-            and self.policy.lambda_credit != 'first_order')
+            and (self.policy.lambda_credit != 'first_order' or bool(self.policy_from)))
 
   @property
   def reward_batch_size(self) -> int:
@@ -383,7 +397,10 @@ def validate(config: Config) -> None:
     _require(data.target_train, f'--mode={config.mode.value} needs --target_train.')
     _require(data.target_num_classes > 1,
              f'--mode={config.mode.value} needs --target_num_classes > 1.')
-  if config.mode.uses_policy:
+  _require(not config.policy_from or config.mode.uses_policy,
+           f'--policy_from replays a learned policy: --mode={config.mode.value} has none. '
+           'Use the mode the policy was learned in (l2tl, uniform, random or fixed).')
+  if config.learns_policy:
     _require(data.target_val or data.val_examples_per_class > 0,
              f'--mode={config.mode.value} needs a reward set: --target_val, or '
              '--val_examples_per_class > 0 to carve one out of --target_train.')

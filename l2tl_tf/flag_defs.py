@@ -24,6 +24,9 @@ _FIELDS = {
     'model_dir': ('', 'model_dir', 'Run directory: config.json, checkpoints, events, outputs.'),
     'warm_start_from': ('', 'warm_start_from',
                         'Pretrain run directory or checkpoint prefix to initialise g (and h_S).'),
+    'policy_from': ('', 'policy_from',
+                    'Run directory of a learned policy to replay frozen (the paper\'s Sec. 5: '
+                    'retrain on train + validation); no reward set is needed.'),
     'seed': ('', 'seed', 'Seed for subsets, shuffles, augmentation and policy actions.'),
     'train_steps': ('', 'train_steps', 'Training iterations N.'),
     'batch_size': ('', 'batch_size', 'B_T, the global target batch size.'),

@@ -517,7 +517,7 @@ def check_batches(config: Config, num_replicas: int) -> None:
   context = tf.distribute.InputContext(num_replicas_in_sync=num_replicas)
   batches = {'kept source': config.source_batch_size if config.mode.uses_source else 0,
              'target': config.target_batch_size if config.mode.uses_target else 0,
-             'reward': config.reward_batch_size if config.mode.uses_policy else 0}
+             'reward': config.reward_batch_size if config.learns_policy else 0}
   for what, global_batch in batches.items():
     _per_replica_batch(global_batch, context, what)
 

@@ -198,12 +198,18 @@ class PreemptionSignal:
 
 
 def _initialise(run: runs.Run, class_names, log) -> None:
-  """Resumes the run's own checkpoint, else warm-starts (and starts lambda's prior)."""
+  """Resumes the run's own checkpoint, else warm-starts and starts the policy: from
+  --policy_from's learned logits, or from lambda's prior."""
   if runs.restore_latest(run):
     log(f'Resuming {run.config.model_dir} from step {int(run.trainer.step.numpy())}.')
-  elif run.config.warm_start_from:
+    return
+  if run.config.warm_start_from:
     prefix = runs.warm_start(run, run.config.warm_start_from)
     log(f'Warm-started from {prefix}.')
+  if run.config.policy_from:
+    prefix = runs.load_policy(run.policy, run.config.policy_from)
+    log(f'Replaying the policy of {prefix}, frozen: no reward, no policy update.')
+  elif run.config.warm_start_from:
     _start_lambda_prior(run, class_names, log)
 
 
@@ -239,7 +245,7 @@ def _iterators(config: Config, strategy, subsets, start_step: int) -> dict:
   if config.mode.uses_target:
     makers['target'] = lambda ctx: input_pipeline.target_train_dataset(
         config, subsets, ctx, start_step)
-  if config.mode.uses_policy:
+  if config.learns_policy:
     makers['reward'] = lambda ctx: input_pipeline.reward_dataset(config, subsets, ctx,
                                                                  start_step)
   return {name: iter(strategy.distribute_datasets_from_function(make))
@@ -279,7 +285,7 @@ def _progress_line(config: Config, step: int, metrics: dict, steps_per_second: f
   remaining = (config.train_steps - step) * seconds_per_step
   parts = [f'[{config.mode.value}] step {step}/{config.train_steps}',
            f'loss {metrics["loss/total"]:.4f}']
-  if config.mode.uses_policy:
+  if config.learns_policy:
     parts.append(f'reward {metrics["policy/reward"]:.3f}')
     parts.append(f'alpha {metrics["policy/alpha"]:.3f}')
   parts += [f'lr {metrics["learning_rate"]:.4g}', f'{steps_per_second:.2f} steps/s',

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from l2tl_tf import input_pipeline, models, records, runs
 from l2tl_tf.config import Config, DataConfig
+from l2tl_tf.policy import Policy
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Error texts that mark a failure to read or decode examples: the iterator op
@@ -97,11 +98,12 @@ def check(config: Config,
   for dataset in datasets(config):
     scan = scan_dataset(dataset, config.data)
     check_labels(dataset, scan)
-    if dataset.flag == 'target_val' and (config.mode.uses_policy or config.eval_every):
+    if dataset.flag == 'target_val' and (config.learns_policy or config.eval_every):
       check_reward_classes(dataset, scan)
   subsets = input_pipeline.target_subsets(config) if config.mode.uses_target else None
   runs.check_run_dir(config)
   check_warm_start(config)
+  check_policy_from(config)
   return subsets
 
 
@@ -411,6 +413,41 @@ def check_warm_start(config: Config) -> None:
   model = models.TransferModel(config.model.backbone, data.image_size, data.num_channels,
                                data.source_num_classes if config.mode.uses_source else 0, 0)
   runs.load_pretrained(model, config, config.warm_start_from)
+
+
+def check_policy_from(config: Config) -> None:
+  """Reads --policy_from's learned logits into a throwaway policy before anything is written.
+
+  The learned run must draw the same actions: the same source classes and
+  lambda / alpha_s levels, with the same values. A run that resumes its own
+  checkpoint does not read --policy_from.
+  """
+  if not config.policy_from or tf.train.latest_checkpoint(config.model_dir):
+    return
+  try:
+    learned = runs.load_config(config.policy_from)
+  except ValueError:
+    raise ValueError(f'--policy_from={config.policy_from} is not a run directory (it has no '
+                     f'{runs.CONFIG_FILE}): give the directory of the L2TL run whose policy '
+                     'to replay.') from None
+  ours, theirs = _policy_shape(config), _policy_shape(learned)
+  differ = [f'--{key}={theirs[key]}' for key in ours if ours[key] != theirs[key]]
+  if differ:
+    listed = ' '.join(f'--{key}={ours[key]}' for key in ours if ours[key] != theirs[key])
+    raise ValueError(f'--policy_from={config.policy_from} learned its policy with '
+                     f'{" ".join(differ)} but this run has {listed}: the replay draws the '
+                     'learned actions, so those settings must match.')
+  runs.load_policy(Policy(config.data.source_num_classes, config.policy, config.seed),
+                   config.policy_from)
+
+
+def _policy_shape(config: Config) -> dict:
+  """The settings that give the policy's actions their number and value, by flag name."""
+  policy = config.policy
+  return {'source_num_classes': config.data.source_num_classes,
+          'num_lambda_levels': policy.num_lambda_levels,
+          'num_alpha_levels': policy.num_alpha_levels, 'alpha_beta': policy.alpha_beta,
+          'policy_level_values': policy.level_values, 'alpha_divisor': policy.alpha_divisor}
 
 
 def explain_input_error(config: Config, error: tf.errors.OpError, steps: str,

@@ -225,6 +225,27 @@ def _shaping_settings(config: Config, with_source_head: bool) -> dict:
   return settings
 
 
+def load_policy(policy: Policy, path: str) -> str:
+  """Reads a learned run's lambda and alpha_s logits into `policy`; returns the prefix.
+
+  Only the logits: the baseline and the optimizers' state belong to learning,
+  which a replay does not do.
+  """
+  if not tf.io.gfile.isdir(path) or not tf.train.latest_checkpoint(path):
+    raise ValueError(f'--policy_from={path} has no checkpoint: give the directory of a '
+                     'trained L2TL run.')
+  prefix = tf.train.latest_checkpoint(path)
+  logits = tf.Module()
+  logits.lambda_logits, logits.alpha_logits = policy.lambda_logits, policy.alpha_logits
+  try:
+    tf.train.Checkpoint(policy=logits).read(prefix).assert_existing_objects_matched(
+        ).expect_partial()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+    raise ValueError(f'Cannot read a policy from --policy_from={path} ({prefix}): '
+                     f'{str(error).strip().splitlines()[0][:300]}') from error
+  return prefix
+
+
 def restore_for_inference(model_dir: str, target_test: str = '') -> Run:
   """Rebuilds a run under the default strategy from its latest checkpoint.
 

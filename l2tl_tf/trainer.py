@@ -92,7 +92,7 @@ class Trainer:
     self.optimizer.build(model.trainable_variables)
     self._decayed = models.weight_decay_variables(model.trainable_variables)
     self.per_class_credit = bool(policy is not None and policy.per_class_credit
-                                 and self.mode.learns_lambda)
+                                 and self.mode.learns_lambda and config.learns_policy)
     # A nested tf.function cannot hold the optimizer's cross-replica
     # all-reduce, so the model step is wrapped only for XLA, which
     # config.validate allows on single-replica strategies alone.
@@ -170,7 +170,7 @@ class Trainer:
                       present=None) -> dict:
     """Reward on B_P validation examples, then REINFORCE where the mode learns."""
     zero = tf.constant(0.0)
-    if actions is None:
+    if actions is None or not self.config.learns_policy:  # no policy, or a frozen replay
       return {'policy/reward': zero, 'policy/baseline': zero, 'policy/advantage': zero}
     reward = self.reward(next(iterators['reward']) if reward_batch is None else reward_batch)
     if class_advantages is not None:
