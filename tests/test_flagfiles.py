@@ -9,6 +9,7 @@ are also held to the paper's Appendix A settings.
 import math
 import pathlib
 import re
+import shlex
 
 from absl import flags
 import pytest
@@ -265,3 +266,35 @@ def test_config_from_argv_leaves_the_global_flags_alone(tmp_path):
       ['l2tl_train', '--mode=scratch', f'--model_dir={tmp_path}', '--batch_size=7'])
   assert config.batch_size == 7 and config.model_dir == str(tmp_path)
   assert flags.FLAGS['batch_size'].value != 7
+
+
+def _documented_commands(path: pathlib.Path) -> list[list[str]]:
+  """The `python -m l2tl_tf.train ...` commands written in a flagfile's comments."""
+  commands, current = [], None
+  for line in path.read_text().splitlines():
+    text = line.lstrip('#').strip()
+    if text.startswith('python -m l2tl_tf.train'):
+      current = []
+    if current is not None:
+      current.append(text.rstrip('\\').strip())
+      if not text.endswith('\\'):
+        commands.append(shlex.split(' '.join(current))[3:])
+        current = None
+  return commands
+
+
+REPLAY_FLAGFILES = [p for p in PAPER_FLAGFILES if '--policy_from=' in p.read_text()]
+
+
+@pytest.mark.parametrize('path', REPLAY_FLAGFILES, ids=_ids(REPLAY_FLAGFILES))
+def test_the_documented_second_stage_replays_this_files_run(path):
+  """Sec. 5's train+validation stage, as the comment writes it, is a valid replay of this file."""
+  (command,) = _documented_commands(path)
+  root = path.parents[2]
+  argv = ['l2tl-train'] + [arg.replace('--flagfile=', f'--flagfile={root}/', 1) for arg in command]
+  first = flag_defs.config_from_argv(['l2tl-train', f'--flagfile={path}'])
+  second = flag_defs.config_from_argv(argv)
+  config_lib.validate(second)
+  assert second.policy_from == first.model_dir
+  assert second.model_dir != first.model_dir and not second.learns_policy
+  assert not second.data.target_val and second.data.target_train != first.data.target_train
