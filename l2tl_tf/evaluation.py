@@ -23,10 +23,19 @@ def make_predictor(run: Run) -> Callable[[tf.Tensor], tf.Tensor]:
   """A traced images -> target-head probabilities function (inference mode).
 
   Softmax over classes, or each class's sigmoid for a multi-label target.
+  Images [B, crops, H, W, C] (ten-crop evaluation) get the mean over their
+  crops' probabilities.
   """
   activation = tf.math.sigmoid if run.config.data.target_multi_label else tf.nn.softmax
-  return tf.function(
-      lambda images: activation(run.model.target_logits(images, training=False)))
+
+  def predict(images):
+    if images.shape.rank == 4:
+      return activation(run.model.target_logits(images, training=False))
+    crops = tf.shape(images)[1]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+    probabilities = activation(run.model.target_logits(flat, training=False))
+    return tf.reduce_mean(tf.reshape(probabilities, [-1, crops, probabilities.shape[-1]]), 1)
+  return tf.function(predict)
 
 
 def predict_dataset(predictor: Callable, dataset: tf.data.Dataset) -> tuple[np.ndarray,
@@ -98,19 +107,58 @@ def _json_number(value: float):
   return float(value) if np.isfinite(value) else None
 
 
-def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict:
-  """Evaluates the latest checkpoint of `model_dir` and writes metrics.json.
+def ensemble_checkpoints(model_dir: str, count: int) -> list[str]:
+  """The newest `count` checkpoints the run kept, oldest first.
+
+  Raises:
+    ValueError: when it kept fewer.
+  """
+  if count < 1:
+    raise ValueError(f'--ensemble_checkpoints={count} must be >= 1.')
+  state = tf.train.get_checkpoint_state(model_dir)
+  kept = list(state.all_model_checkpoint_paths) if state else []
+  if len(kept) < count:
+    raise ValueError(
+        f'--ensemble_checkpoints={count} but {model_dir} keeps {len(kept)} checkpoint(s): '
+        f'train with --keep_checkpoints >= {count} and a --checkpoint_every that saves '
+        f'{count} times, or ensemble fewer.')
+  return [path if os.path.isabs(path) else os.path.join(model_dir, path)
+          for path in kept[-count:]]
+
+
+def ensemble_predictions(run: Run, dataset: tf.data.Dataset,
+                         checkpoints: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Mean probabilities over `checkpoints` (restored in turn into `run`), and the labels.
+
+  The run is left at the last checkpoint given.
+  """
+  predictor, total = make_predictor(run), None
+  for path in checkpoints:
+    run.checkpoint.restore(path).expect_partial()
+    probabilities, labels = predict_dataset(predictor, dataset)
+    total = probabilities if total is None else total + probabilities
+  return total / len(checkpoints), labels
+
+
+def evaluate(model_dir: str, split: str = 'test', target_test: str = '', crops: int = 1,
+             num_checkpoints: int = 1) -> dict:
+  """Evaluates `model_dir` and writes metrics.json.
 
   Args:
     model_dir: a run directory written by training.
     split: 'test', 'val' or 'train' (see `input_pipeline.eval_dataset`).
     target_test: overrides the run's --target_test spec when given.
+    crops: 1 (one central crop) or 10 (ten crops, probabilities averaged).
+    num_checkpoints: averages the probabilities of the newest this many kept
+      checkpoints (1: the latest alone). CheXpert's protocol (the paper's
+      Table 7) is ten crops and 30 checkpoints.
   """
   run = runs.restore_for_inference(model_dir, target_test=target_test)
   if run.model.target_head is None:
     raise ValueError(f'{model_dir} is a {run.config.mode.value} run: it has no target head.')
-  probabilities, labels = predict_dataset(make_predictor(run),
-                                          input_pipeline.eval_dataset(run.config, split))
+  checkpoints = ensemble_checkpoints(model_dir, num_checkpoints)
+  probabilities, labels = ensemble_predictions(
+      run, input_pipeline.eval_dataset(run.config, split, crops), checkpoints)
   multi_label = run.config.data.target_multi_label
   if not multi_label:  # multi-hot labels were range-checked as they were read
     check_labels(labels, probabilities.shape[1], split, run.config)
@@ -125,6 +173,9 @@ def evaluate(model_dir: str, split: str = 'test', target_test: str = '') -> dict
   if multi_label:
     metrics['per_class_auc'] = [_json_number(auc) for auc in aucs]
   metrics['step'] = int(run.trainer.step.numpy())
+  if crops > 1 or num_checkpoints > 1:
+    metrics['crops'] = crops
+    metrics['checkpoints'] = [os.path.basename(path) for path in checkpoints]
   files.write_text_atomically(os.path.join(model_dir, METRICS_FILE),
                               json.dumps(metrics, indent=2, allow_nan=False))
   return metrics

@@ -382,6 +382,24 @@ def preprocess_eval(image: tf.Tensor, data: DataConfig) -> tf.Tensor:
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
+EVAL_CROPS = (1, 10)
+
+
+def preprocess_ten_crop(image: tf.Tensor, data: DataConfig) -> tf.Tensor:
+  """Ten crops [10, size, size, C]: corners and centre of the image resized to
+  size / 0.875, and their mirror images (CheXpert's evaluation, the paper's
+  Table 7; 224 px crops of a 256 px image)."""
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  size = data.image_size
+  full = int(round(size / INCEPTION_EVAL_CROP))
+  image = tf.image.resize(image, [full, full])
+  far, middle = full - size, (full - size) // 2
+  crops = [image[top:top + size, left:left + size]
+           for top, left in ((0, 0), (0, far), (far, 0), (far, far), (middle, middle))]
+  crops += [tf.image.flip_left_right(crop) for crop in crops]
+  return tf.clip_by_value(tf.stack(crops), 0.0, 1.0)
+
+
 # ---------------------------------------------------------------- subsets
 
 @dataclasses.dataclass(frozen=True)
@@ -786,10 +804,15 @@ def _cached_reward_set(config: Config, records: tf.data.Dataset,
   return records.cache(), lambda dataset: eval_preprocessed(dataset, config.data)
 
 
-def eval_preprocessed(dataset: tf.data.Dataset, data: DataConfig) -> tf.data.Dataset:
-  """(encoded, label) -> (image, label) with evaluation preprocessing, unbatched."""
+def eval_preprocessed(dataset: tf.data.Dataset, data: DataConfig,
+                      crops: int = 1) -> tf.data.Dataset:
+  """(encoded, label) -> (image, label) with evaluation preprocessing, unbatched.
+
+  With crops=10 each image becomes its ten crops, [10, size, size, C].
+  """
+  preprocess = preprocess_ten_crop if crops == 10 else preprocess_eval
   return dataset.map(lambda image, label: (
-      preprocess_eval(decode_image(image, data.num_channels), data), label),
+      preprocess(decode_image(image, data.num_channels), data), label),
                      num_parallel_calls=AUTOTUNE)
 
 
@@ -820,26 +843,29 @@ def validation_batches(config: Config, subsets: TargetSubsets) -> tf.data.Datase
 EVAL_SPLITS = ('test', 'val', 'train')
 
 
-def eval_dataset(config: Config, split: str) -> tf.data.Dataset:
+def eval_dataset(config: Config, split: str, crops: int = 1) -> tf.data.Dataset:
   """A finite, ordered pass over a target split with evaluation preprocessing.
 
   Args:
     config: the run's config.
     split: 'test' (--target_test), 'val' (the reward set) or 'train' (the
       k-shot training subset).
+    crops: 1 (one central crop) or 10 (`preprocess_ten_crop`).
   """
   data = config.data
+  if crops not in EVAL_CROPS:
+    raise ValueError(f'--crops={crops}: use one of {EVAL_CROPS}.')
   if split == 'test':
     if not data.target_test:
       raise ValueError('Evaluating split=test needs --target_test.')
-    dataset = eval_preprocessed(target_records(data.target_test, data), data)
+    records_ = target_records(data.target_test, data)
   elif split == 'val':
-    dataset = reward_examples(config, target_subsets(config))
+    records_ = reward_records(config, target_subsets(config))
   elif split == 'train':
     subsets = target_subsets(config)
-    dataset = eval_preprocessed(_take_positions(
-        target_records(data.target_train, data),
-        subsets.train_indices, subsets.num_examples), data)
+    records_ = _take_positions(target_records(data.target_train, data),
+                               subsets.train_indices, subsets.num_examples)
   else:
     raise ValueError(f'--split={split!r}: use one of {EVAL_SPLITS}.')
+  dataset = eval_preprocessed(records_, data, crops)
   return dataset.batch(config.eval_batch_size).prefetch(AUTOTUNE)
