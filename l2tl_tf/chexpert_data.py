@@ -115,8 +115,10 @@ def write_records(rows: Iterable[Radiograph], image_root: str, prefix: str,
                   num_shards: int = 1, image_size: Optional[int] = None) -> str:
   """Writes the rows' images and positive ids as TFRecord shards; returns their pattern.
 
-  Shards are written under temporary names and renamed when all are complete,
-  so an interrupted conversion leaves no pattern-matching partial shards.
+  Shards are written under hidden temporary names (which no `{prefix}-*`
+  pattern matches) and renamed when all are complete. Files already matching
+  `{prefix}-*` are refused: the flagfiles read `train-*`, so shards left by a
+  conversion with another shard count would be read too.
   """
   rows = list(rows)
   if len(rows) < num_shards:
@@ -124,8 +126,14 @@ def write_records(rows: Iterable[Radiograph], image_root: str, prefix: str,
                      '(an empty shard is refused when read): lower the shard count.')
   directory = os.path.dirname(os.path.abspath(prefix))
   tf.io.gfile.makedirs(directory)
+  existing = tf.io.gfile.glob(f'{prefix}-*')
+  if existing:
+    raise ValueError(f'{len(existing)} file(s) already match {prefix}-* ({existing[0]}, ...): '
+                     'delete them or write to another --output_dir, so that no pattern '
+                     'reads two conversions.')
   names = [f'{prefix}-{i:05d}-of-{num_shards:05d}' for i in range(num_shards)]
-  writers = [tf.io.TFRecordWriter(name + '.partial') for name in names]
+  partials = [os.path.join(directory, f'.{os.path.basename(name)}.partial') for name in names]
+  writers = [tf.io.TFRecordWriter(partial) for partial in partials]
   for index, row in enumerate(rows):
     image_path = os.path.join(image_root, row.path)
     if not tf.io.gfile.exists(image_path):
@@ -135,7 +143,7 @@ def write_records(rows: Iterable[Radiograph], image_root: str, prefix: str,
     writers[index % num_shards].write(example.SerializeToString())
   for writer in writers:
     writer.close()
-  for name in names:
-    tf.io.gfile.rename(name + '.partial', name, overwrite=True)
+  for partial, name in zip(partials, names):
+    tf.io.gfile.rename(partial, name, overwrite=True)
   records.write_class_names(directory, observations)
   return f'{prefix}-*-of-{num_shards:05d}'

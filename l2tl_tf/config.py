@@ -343,12 +343,13 @@ def _enum_value(value):
 # Settings that may differ when a run directory is reused: they change how
 # long or how visibly a run goes, not what it computes (train_steps also
 # stretches the cosine schedule: a resume logs it). Not jit_compile: XLA's RNG
-# draws other actions than the standard kernels. model.backbone_weights only
-# starts a run: a resumed run restores every weight from its checkpoint.
+# draws other actions than the standard kernels. model.backbone_weights and
+# policy_from only start a run: a resumed run restores every weight (and the
+# replayed policy) from its checkpoint.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
     'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic',
-    'source_decode', 'model.backbone_weights'})
+    'source_decode', 'model.backbone_weights', 'policy_from'})
 
 
 def validate(config: Config) -> None:
@@ -384,7 +385,7 @@ def validate(config: Config) -> None:
            'a validation set: pass one (the carve-out would be ignored).')
   _require(not (config.eval_every and config.mode.uses_target)
            or data.target_val or data.val_examples_per_class > 0,
-           f'--eval_every={config.eval_every} asks for validation top-1 but there is no '
+           f'--eval_every={config.eval_every} asks for validation curves but there is no '
            'validation set: pass --target_val, or --val_examples_per_class > 0 to carve one '
            'out of --target_train, or set --eval_every=0.')
   if config.mode.uses_source:

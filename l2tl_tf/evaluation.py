@@ -157,9 +157,16 @@ def evaluate(model_dir: str, split: str = 'test', target_test: str = '', crops: 
   if run.model.target_head is None:
     raise ValueError(f'{model_dir} is a {run.config.mode.value} run: it has no target head.')
   checkpoints = ensemble_checkpoints(model_dir, num_checkpoints)
-  probabilities, labels = ensemble_predictions(
-      run, input_pipeline.eval_dataset(run.config, split, crops), checkpoints)
   multi_label = run.config.data.target_multi_label
+  try:
+    probabilities, labels = ensemble_predictions(
+        run, input_pipeline.eval_dataset(run.config, split, crops), checkpoints)
+  except tf.errors.InvalidArgumentError as error:
+    if not multi_label:
+      raise
+    # A multi-label stream checks each record's ids (and label feature) as it reads.
+    raise ValueError(f'The {split} split cannot be scored: '
+                     f'{preflight.tf_reason(error)}') from None
   if not multi_label:  # multi-hot labels were range-checked as they were read
     check_labels(labels, probabilities.shape[1], split, run.config)
   aucs = class_aucs(positives_of(labels, probabilities.shape[1]), probabilities)

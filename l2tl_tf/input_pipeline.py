@@ -487,8 +487,14 @@ def target_subsets(config: Config) -> TargetSubsets:
   """
   data = config.data
   if data.target_multi_label:
-    count = len(scan_target_labels(data.target_train, data))
-    return TargetSubsets(num_examples=count, train_indices=np.arange(count),
+    labels = scan_target_labels(data.target_train, data)
+    missing = np.flatnonzero(labels.sum(axis=0) == 0)
+    if missing.size:
+      raise ValueError(f'--target_train={data.target_train} has no positive of target class '
+                       f'{missing[0]} (classes without any: {missing[:10].tolist()}, of '
+                       f'--target_num_classes={data.target_num_classes}): every class needs '
+                       'positives to be learned. Add some, or drop the class.')
+    return TargetSubsets(num_examples=len(labels), train_indices=np.arange(len(labels)),
                          val_indices=np.zeros([0], np.int64))
   labels = scan_labels(data.target_train, data, data.target_label_offset)
   val_per_class = data.val_examples_per_class if not data.target_val else 0

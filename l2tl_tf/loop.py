@@ -262,10 +262,15 @@ def _steps_this_loop(config: Config, step: int) -> int:
   return min(boundaries)
 
 
+_REWARD_METRICS = ('policy/reward', 'policy/baseline', 'policy/advantage')
+
+
 def _write_summaries(writer, run: runs.Run, metrics: dict, step: int) -> None:
   with writer.as_default(step=step):
     for name, value in metrics.items():
       if name.startswith('policy/') and run.policy is None:
+        continue
+      if name in _REWARD_METRICS and not run.config.learns_policy:  # a frozen replay
         continue
       tf.summary.scalar(name, value)
     if run.policy is not None:

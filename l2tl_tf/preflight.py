@@ -229,7 +229,7 @@ def _scan_tfds(dataset: DatasetCheck, data: DataConfig) -> Scan:
   try:
     rows, labels = np.nonzero(input_pipeline.scan_target_labels(dataset.spec, data))
   except tf.errors.InvalidArgumentError as error:  # an id outside the class range
-    raise ValueError(f'{dataset.name}: {_tf_reason(error)}') from None
+    raise ValueError(f'{dataset.name}: {tf_reason(error)}') from None
   return Scan([dataset.spec], np.zeros_like(rows), rows, labels)
 
 
@@ -267,7 +267,7 @@ def _read_one_file(dataset: DatasetCheck, path: str, compression: str, limit: in
     stream.reduce(np.int64(0), lambda count, _: count + 1)
   except tf.errors.OpError as error:
     raise ValueError(f'{dataset.name}: {path} is not a readable TFRecord file '
-                     f'({_tf_reason(error)}). Rewrite it, or delete it so that the pattern '
+                     f'({tf_reason(error)}). Rewrite it, or delete it so that the pattern '
                      'no longer matches it.') from None
 
 
@@ -334,33 +334,36 @@ def _bad_record_error(dataset: DatasetCheck, path: str, compression: str, positi
   try:
     image, _ = records.parse_example(record, dataset.multi_label)
   except tf.errors.InvalidArgumentError as error:
-    return ValueError(f'{where} is not an ImageNet-style tf.train.Example ({_tf_reason(error)}). '
+    return ValueError(f'{where} is not an ImageNet-style tf.train.Example ({tf_reason(error)}). '
                       f'Each record needs {records.IMAGE_KEY} (bytes) and {records.LABEL_KEY} '
-                      f'(int64): rewrite the shard with those features.{_multi_label_hint(record)}')
+                      f'(int64): rewrite the shard with those features.'
+                      f'{_multi_label_hint(record, dataset.side)}')
   try:
     input_pipeline.decode_image(image, num_channels)
   except tf.errors.InvalidArgumentError as error:
     encoded = image.numpy()
-    return ValueError(f'{where}: its image does not decode ({_tf_reason(error)}; '
+    return ValueError(f'{where}: its image does not decode ({tf_reason(error)}; '
                       f'{len(encoded)} bytes starting {encoded[:8]!r}). Re-encode it as PNG or '
                       'JPEG, or rewrite the shard without it.')
   return ValueError(f'{where} failed to decode once but not on a second read: check the '
                     'storage it is read from.')
 
 
-def _multi_label_hint(record: tf.Tensor) -> str:
-  """A hint when a record that fails the single-label parse lists several labels."""
+def _multi_label_hint(record: tf.Tensor, side: str) -> str:
+  """A hint when a record that fails the single-label parse lists other than one label."""
   try:
     _, ids = records.parse_example(record, multi_label=True)
   except tf.errors.InvalidArgumentError:
     return ''
   if tf.size(ids) == 1:
     return ''
-  return (f' It lists {int(tf.size(ids))} labels ({ids.numpy().tolist()[:10]}): if the target '
-          'is multi-label, pass --target_multi_label.')
+  listed = f' It lists {int(tf.size(ids))} labels ({ids.numpy().tolist()[:10]})'
+  if side == 'source':
+    return f'{listed}: source records need exactly one (the source is single-label).'
+  return f'{listed}: if the target is multi-label, pass --target_multi_label.'
 
 
-def _tf_reason(error: tf.errors.OpError) -> str:
+def tf_reason(error: tf.errors.OpError) -> str:
   """TensorFlow's message without its node and op decorations."""
   text = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\]|\bname:\s*$', '', error.message)
   return ' '.join(text.split())
@@ -393,6 +396,12 @@ def check_labels(dataset: DatasetCheck, scan: Scan) -> None:
 def check_reward_classes(dataset: DatasetCheck, scan: Scan) -> None:
   """The reward (validation) set holds every target class."""
   missing = np.setdiff1d(np.arange(dataset.num_classes), scan.labels)
+  if missing.size and dataset.multi_label:
+    raise ValueError(f'{dataset.name} has no positive of target class {missing[0]} (classes '
+                     f'without any: {missing[:10].tolist()}, of --target_num_classes='
+                     f'{dataset.num_classes}); the AUC reward and validation curves need '
+                     'positives of every class. Rebuild the reward split with some (for '
+                     'CheXpert, another --reward_fraction or --seed of convert_chexpert.py).')
   if missing.size:
     raise ValueError(f'{dataset.name} has no example of target class {missing[0]} (classes '
                      f'without any: {missing[:10].tolist()}, of --target_num_classes='
@@ -430,6 +439,10 @@ def check_policy_from(config: Config) -> None:
     raise ValueError(f'--policy_from={config.policy_from} is not a run directory (it has no '
                      f'{runs.CONFIG_FILE}): give the directory of the L2TL run whose policy '
                      'to replay.') from None
+  if not learned.mode.uses_policy:
+    raise ValueError(f'--policy_from={config.policy_from} is a {learned.mode.value} run: it '
+                     'learned no policy. Give the directory of an l2tl (or uniform, random, '
+                     'fixed) run.')
   ours, theirs = _policy_shape(config), _policy_shape(learned)
   differ = [f'--{key}={theirs[key]}' for key in ours if ours[key] != theirs[key]]
   if differ:
@@ -442,12 +455,20 @@ def check_policy_from(config: Config) -> None:
 
 
 def _policy_shape(config: Config) -> dict:
-  """The settings that give the policy's actions their number and value, by flag name."""
+  """What the replayed actions mean, by flag name: the mode (which of lambda and
+  alpha_s the policy learned), the source classes, and the levels' number and
+  values (alpha's scale is beta for the paper's levels, the divisor for the
+  official ones)."""
   policy = config.policy
-  return {'source_num_classes': config.data.source_num_classes,
-          'num_lambda_levels': policy.num_lambda_levels,
-          'num_alpha_levels': policy.num_alpha_levels, 'alpha_beta': policy.alpha_beta,
-          'policy_level_values': policy.level_values, 'alpha_divisor': policy.alpha_divisor}
+  shape = {'mode': config.mode.value, 'source_num_classes': config.data.source_num_classes,
+           'num_lambda_levels': policy.num_lambda_levels,
+           'num_alpha_levels': policy.num_alpha_levels,
+           'policy_level_values': policy.level_values}
+  if policy.level_values == 'paper':
+    shape['alpha_beta'] = policy.alpha_beta
+  else:
+    shape['alpha_divisor'] = policy.alpha_divisor
+  return shape
 
 
 def explain_input_error(config: Config, error: tf.errors.OpError, steps: str,

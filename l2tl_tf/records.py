@@ -44,9 +44,29 @@ def parse_example(serialized: tf.Tensor,
   The label is an int64 scalar, or with `multi_label` the int64 vector of
   the record's positive class ids (possibly empty).
   """
-  spec = MULTI_LABEL_FEATURE_SPEC if multi_label else FEATURE_SPEC
-  parsed = tf.io.parse_single_example(serialized, spec)
-  return parsed[IMAGE_KEY], parsed[LABEL_KEY]
+  if not multi_label:
+    parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    return parsed[IMAGE_KEY], parsed[LABEL_KEY]
+  parsed = tf.io.parse_single_example(serialized, MULTI_LABEL_FEATURE_SPEC)
+  # An absent feature parses as an empty list, which reads as an image with no
+  # positive class: labels written under another key would train silently on
+  # all-negative targets.
+  labelled = tf.debugging.Assert(_has_feature(serialized, LABEL_KEY), [
+      f'A record has no {LABEL_KEY} feature: a multi-label record lists its positive class '
+      'ids there (an empty list for an image with none).'])
+  with tf.control_dependencies([labelled]):
+    return parsed[IMAGE_KEY], tf.identity(parsed[LABEL_KEY])
+
+
+def _has_feature(serialized: tf.Tensor, key: str) -> tf.Tensor:
+  """Whether a serialized tf.train.Example has the feature `key` (even an empty one)."""
+  features = tf.io.decode_proto(serialized, 'tensorflow.Example', ['features'],
+                                [tf.string]).values[0]
+  entries = tf.io.decode_proto(features, 'tensorflow.Features', ['feature'],
+                               [tf.string]).values[0]
+  keys = tf.io.decode_proto(entries, 'tensorflow.Features.FeatureEntry', ['key'],
+                            [tf.string]).values[0]
+  return tf.reduce_any(tf.equal(keys, key))
 
 
 def make_example(encoded_image: bytes, label) -> tf.train.Example:

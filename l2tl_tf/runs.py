@@ -238,8 +238,8 @@ def load_policy(policy: Policy, path: str) -> str:
   logits = tf.Module()
   logits.lambda_logits, logits.alpha_logits = policy.lambda_logits, policy.alpha_logits
   try:
-    tf.train.Checkpoint(policy=logits).read(prefix).assert_existing_objects_matched(
-        ).expect_partial()
+    status = tf.train.Checkpoint(policy=logits).read(prefix).expect_partial()
+    status.assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
     raise ValueError(f'Cannot read a policy from --policy_from={path} ({prefix}): '
                      f'{str(error).strip().splitlines()[0][:300]}') from error

@@ -114,3 +114,14 @@ def test_the_script_writes_records_the_multi_label_pipeline_reads(tmp_path):
   preflight.check_labels(check, preflight.scan_dataset(check, data))
   encoded, _ = next(iter(input_pipeline.target_records(str(out / 'valid-*'), data)))
   assert tuple(tf.io.decode_png(encoded).shape) == (16, 16, 1)
+
+
+def test_a_second_conversion_into_the_same_folder_is_refused(tmp_path):
+  """The flagfiles read train-*: two conversions' shards would both be read."""
+  rows = chexpert_data.read_csv(_write_dataset(tmp_path))
+  prefix = str(tmp_path / 'out' / 'train')
+  chexpert_data.write_records(rows, str(tmp_path), prefix, num_shards=2)
+  assert sorted(os.listdir(tmp_path / 'out')) == [
+      'class_names.txt', 'train-00000-of-00002', 'train-00001-of-00002']
+  with pytest.raises(ValueError, match=r'2 file\(s\) already match .*train-\*'):
+    chexpert_data.write_records(rows, str(tmp_path), prefix, num_shards=3)

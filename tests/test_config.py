@@ -115,7 +115,7 @@ def test_a_validation_curve_without_a_validation_set_is_refused(tiny_data, tmp_p
   """Before, scratch with --eval_every trained its first loop and then failed."""
   config = _with(tiny_config(tiny_data, tmp_path, mode='scratch', eval_every=2), 'data',
                  val_examples_per_class=0, target_val='')
-  with pytest.raises(ValueError, match='--eval_every=2 asks for validation top-1 but there is '
+  with pytest.raises(ValueError, match='--eval_every=2 asks for validation curves but there is '
                      'no validation set'):
     config_lib.validate(config)
   config_lib.validate(dataclasses.replace(config, eval_every=0))

@@ -156,15 +156,47 @@ def test_preflight_reads_every_positive_id_and_where_it_is(tmp_path, multi_label
     preflight.check_labels(check, scan)
 
 
-def test_preflight_refuses_a_reward_set_without_positives_of_a_class(tmp_path,
-                                                                    multi_label_data):
+@pytest.mark.parametrize('split', ['target_val', 'target_train'])
+def test_preflight_refuses_a_split_without_positives_of_a_class(tmp_path, multi_label_data,
+                                                                split):
   paths, _ = multi_label_data
-  val = records.write_image_records(str(tmp_path / 'val'), np.zeros([3, 8, 8], np.uint8),
-                                    [[0, 1], [], [1, 2]])
+  pattern = records.write_image_records(str(tmp_path / 'split'), np.zeros([3, 8, 8], np.uint8),
+                                        [[0, 1], [], [1, 2]])
   config = _config(paths, tmp_path / 'run')
-  config = dataclasses.replace(config, data=dataclasses.replace(config.data, target_val=val))
-  with pytest.raises(ValueError, match='no example of target class 3'):
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, **{split: pattern}))
+  with pytest.raises(ValueError, match=f'--{split}=.* has no positive of target class 3'):
     preflight.check(config, tf.distribute.get_strategy())
+  assert not (tmp_path / 'run').exists()
+
+
+def _unlabelled_record(path):
+  """A record with an image but no label feature, as a converter using another key writes."""
+  example = tf.train.Example(features=tf.train.Features(feature={
+      records.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[records.encode_png(np.zeros([8, 8], np.uint8))]))}))
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    writer.write(example.SerializeToString())
+  return str(path)
+
+
+def test_a_record_without_the_label_feature_is_not_read_as_all_negative(tmp_path):
+  """An empty list is an image with no positive class; a missing feature is an error."""
+  data = DataConfig(target_num_classes=NUM_CLASSES, target_multi_label=True)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='has no image/class/label feature'):
+    input_pipeline.scan_target_labels(_unlabelled_record(tmp_path / 'val-0'), data)
+  check = preflight.DatasetCheck('target_val', str(tmp_path / 'val-*'), 'target', NUM_CLASSES,
+                                 0, True, multi_label=True)
+  with pytest.raises(ValueError, match=r'record 0 of .*val-0.* has no image/class/label feature'):
+    preflight.scan_dataset(check, data)
+
+
+def test_a_source_record_with_several_labels_is_not_sent_to_the_multi_label_flag(tmp_path):
+  pattern = records.write_image_records(str(tmp_path / 'source'),
+                                        np.zeros([1, 8, 8], np.uint8), [[0, 1]])
+  check = preflight.DatasetCheck('source_train', pattern, 'source', 8, 0, False)
+  with pytest.raises(ValueError, match='source records need exactly one') as raised:
+    preflight.scan_dataset(check, DataConfig(num_channels=1))
+  assert 'target_multi_label' not in str(raised.value)
 
 
 # ------------------------------------------------------------------ loss and AUC
@@ -323,3 +355,15 @@ def test_training_learns_and_evaluation_and_serving_report_per_class_outputs(
   np.testing.assert_allclose(outputs['probabilities'].numpy(), expected, rtol=1e-4, atol=1e-5)
   assert outputs['classes'].shape == (5, NUM_CLASSES)
   np.testing.assert_array_equal(outputs['classes'].numpy(), (expected >= 0.5).astype(np.int32))
+
+
+def test_evaluating_a_test_file_with_ids_outside_the_classes_says_so(multi_label_data,
+                                                                     pretrained_source, tmp_path):
+  paths, _ = multi_label_data
+  config = _config(paths, tmp_path / 'run', mode='finetune', warm_start_from=pretrained_source,
+                   train_steps=2, checkpoint_every=2, steps_per_loop=2)
+  _train(config, tf.distribute.get_strategy())
+  bad = records.write_image_records(str(tmp_path / 'test'), np.zeros([2, 16, 16], np.uint8),
+                                    [[0], [2, 7]])
+  with pytest.raises(ValueError, match=r'The test split cannot be scored: .*outside \[0, 4\)'):
+    evaluation.evaluate(config.model_dir, target_test=bad)

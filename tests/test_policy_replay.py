@@ -66,13 +66,19 @@ def test_a_replay_trains_on_the_learned_policy_and_never_updates_it(learned, tmp
       r.class_id for r in ranking.read_source_class_weights(learned.model_dir)]
 
 
-def test_a_resumed_replay_reads_its_own_checkpoint_not_the_learned_run(learned, tmp_path):
+@pytest.mark.parametrize('moved', [False, True], ids=['deleted', 'moved'])
+def test_a_resumed_replay_reads_its_own_checkpoint_not_the_learned_run(learned, tmp_path,
+                                                                       moved):
   source = tmp_path / 'learned_copy'
   shutil.copytree(learned.model_dir, source)
   config = _replay_config(learned, tmp_path / 'replay', policy_from=str(source))
   _quiet(dataclasses.replace(config, train_steps=3))
   expected = _policy(source)
-  shutil.rmtree(source)  # gone, as after a preemption on another machine
+  if moved:  # the flag may follow it: it is not read again
+    source.rename(tmp_path / 'elsewhere')
+    config = dataclasses.replace(config, policy_from=str(tmp_path / 'elsewhere'))
+  else:  # gone, as after a preemption on another machine
+    shutil.rmtree(source)
   result = _quiet(config)
   assert result.steps == 6
   for got, want in zip(_policy(config.model_dir), expected):
@@ -98,12 +104,17 @@ def test_settings_a_replay_cannot_take_are_refused(learned, tmp_path, change, me
 @pytest.mark.parametrize('change, message', [
     (dict(policy=PolicyConfig(num_lambda_levels=5)),
      r'with --num_lambda_levels=11 but this run has --num_lambda_levels=5'),
-    (dict(seed=3, policy_from='{missing}'), 'is not a run directory'),
+    # An l2tl policy replayed as uniform would drop the learned lambda.
+    (dict(mode=Mode.UNIFORM), r'with --mode=l2tl but this run has --mode=uniform'),
+    (dict(policy_from='{missing}'), 'is not a run directory'),
+    (dict(policy_from='{pretrained}'), 'is a pretrain run: it learned no policy'),
 ])
-def test_a_learned_run_that_does_not_fit_is_refused_before_training(learned, tmp_path, change,
-                                                                     message):
+def test_a_learned_run_that_does_not_fit_is_refused_before_training(learned, pretrained,
+                                                                     tmp_path, change, message):
   if change.get('policy_from') == '{missing}':
     change['policy_from'] = str(tmp_path / 'nothing_here')
+  if change.get('policy_from') == '{pretrained}':
+    change['policy_from'] = pretrained
   config = _replay_config(learned, tmp_path / 'replay', **change)
   with pytest.raises(ValueError, match=message):
     preflight.check(config, tf.distribute.get_strategy())
