@@ -43,8 +43,10 @@ def main(argv):
   train, reward = chexpert_data.split_by_patient(rows, FLAGS.reward_fraction, FLAGS.seed)
   valid = chexpert_data.read_csv(FLAGS.valid_csv, FLAGS.observations, FLAGS.uncertain)
   small = max(1, FLAGS.num_shards // 16)
-  for name, part, shards in (('train', train, FLAGS.num_shards), ('reward', reward, small),
-                             ('valid', valid, small)):
+  parts = (('train', train, FLAGS.num_shards), ('reward', reward, small),
+           ('valid', valid, small))
+  chexpert_data.check_no_shards([os.path.join(FLAGS.output_dir, name) for name, _, _ in parts])
+  for name, part, shards in parts:
     pattern = chexpert_data.write_records(part, FLAGS.image_root,
                                           os.path.join(FLAGS.output_dir, name),
                                           FLAGS.observations, shards, FLAGS.image_size)

@@ -110,6 +110,21 @@ def _encoded(image_path: str, image_size: Optional[int]) -> bytes:
   return tf.io.encode_png(tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)).numpy()
 
 
+def check_no_shards(prefixes: Sequence[str]) -> None:
+  """Refuses prefixes that files already match (`{prefix}-*`).
+
+  The flagfiles read `train-*`: shards left by a conversion with another
+  shard count would be read too. The converter checks every split's prefix
+  before it writes any.
+  """
+  for prefix in prefixes:
+    existing = tf.io.gfile.glob(f'{prefix}-*')
+    if existing:
+      raise ValueError(f'{len(existing)} file(s) already match {prefix}-* ({existing[0]}, '
+                       '...): delete them or write to another --output_dir, so that no '
+                       'pattern reads two conversions.')
+
+
 def write_records(rows: Iterable[Radiograph], image_root: str, prefix: str,
                   observations: Sequence[str] = COMPETITION_OBSERVATIONS,
                   num_shards: int = 1, image_size: Optional[int] = None) -> str:
@@ -124,13 +139,10 @@ def write_records(rows: Iterable[Radiograph], image_root: str, prefix: str,
   if len(rows) < num_shards:
     raise ValueError(f'{len(rows)} radiographs cannot fill {num_shards} shards of {prefix} '
                      '(an empty shard is refused when read): lower the shard count.')
-  directory = os.path.dirname(os.path.abspath(prefix))
+  # Not abspath: it would turn gs://bucket/out into a local folder.
+  directory = os.path.dirname(prefix) or '.'
   tf.io.gfile.makedirs(directory)
-  existing = tf.io.gfile.glob(f'{prefix}-*')
-  if existing:
-    raise ValueError(f'{len(existing)} file(s) already match {prefix}-* ({existing[0]}, ...): '
-                     'delete them or write to another --output_dir, so that no pattern '
-                     'reads two conversions.')
+  check_no_shards([prefix])
   names = [f'{prefix}-{i:05d}-of-{num_shards:05d}' for i in range(num_shards)]
   partials = [os.path.join(directory, f'.{os.path.basename(name)}.partial') for name in names]
   writers = [tf.io.TFRecordWriter(partial) for partial in partials]

@@ -343,13 +343,24 @@ def _enum_value(value):
 # Settings that may differ when a run directory is reused: they change how
 # long or how visibly a run goes, not what it computes (train_steps also
 # stretches the cosine schedule: a resume logs it). Not jit_compile: XLA's RNG
-# draws other actions than the standard kernels. model.backbone_weights and
-# policy_from only start a run: a resumed run restores every weight (and the
-# replayed policy) from its checkpoint.
+# draws other actions than the standard kernels. model.backbone_weights only
+# starts a run: a resumed run restores every weight from its checkpoint.
 RESUMABLE_CHANGES = frozenset({
     'train_steps', 'steps_per_loop', 'checkpoint_every', 'keep_checkpoints',
     'eval_batch_size', 'eval_every', 'data.target_test', 'strategy', 'tpu', 'deterministic',
-    'source_decode', 'model.backbone_weights', 'policy_from'})
+    'source_decode', 'model.backbone_weights'})
+
+
+def resumable_change(setting: str, old: Any, new: Any) -> bool:
+  """Whether a run may resume with `setting` changed from `old` to `new`.
+
+  policy_from is read only when a replay starts, so a replay may resume with it
+  pointing elsewhere (a moved copy); but adding or dropping it would turn a
+  learning run into a frozen replay or back.
+  """
+  if setting == 'policy_from':
+    return bool(old) and bool(new)
+  return setting in RESUMABLE_CHANGES
 
 
 def validate(config: Config) -> None:

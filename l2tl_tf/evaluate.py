@@ -15,8 +15,9 @@ from l2tl_tf.input_pipeline import EVAL_CROPS, EVAL_SPLITS
 flag_defs.define_flags(['model_dir', 'target_test'])
 flags.DEFINE_enum('split', 'test', EVAL_SPLITS, 'Target split to evaluate.')
 flags.DEFINE_enum('crops', '1', [str(c) for c in EVAL_CROPS],
-                  '1: one central crop. 10: corners and centre of the image resized to '
-                  'size / 0.875, and their mirror images, probabilities averaged (CheXpert).')
+                  '1: one central crop. 10: corners and centre of the image resized to a '
+                  'size / 0.875 square, and their mirror images, probabilities averaged '
+                  '(CheXpert).')
 flags.DEFINE_integer('ensemble_checkpoints', 1,
                      'Average the probabilities of the newest this many kept checkpoints '
                      '(the paper\'s CheXpert protocol: 30).')

@@ -116,14 +116,16 @@ def ensemble_checkpoints(model_dir: str, count: int) -> list[str]:
   if count < 1:
     raise ValueError(f'--ensemble_checkpoints={count} must be >= 1.')
   state = tf.train.get_checkpoint_state(model_dir)
-  kept = list(state.all_model_checkpoint_paths) if state else []
+  # The checkpoints live in model_dir: their names, joined to it, hold for a
+  # relative or gs:// model_dir, and for paths recorded before a move.
+  kept = ([os.path.join(model_dir, os.path.basename(path))
+           for path in state.all_model_checkpoint_paths] if state else [])
   if len(kept) < count:
     raise ValueError(
         f'--ensemble_checkpoints={count} but {model_dir} keeps {len(kept)} checkpoint(s): '
         f'train with --keep_checkpoints >= {count} and a --checkpoint_every that saves '
         f'{count} times, or ensemble fewer.')
-  return [path if os.path.isabs(path) else os.path.join(model_dir, path)
-          for path in kept[-count:]]
+  return kept[-count:]
 
 
 def ensemble_predictions(run: Run, dataset: tf.data.Dataset,

@@ -856,7 +856,9 @@ def eval_dataset(config: Config, split: str, crops: int = 1) -> tf.data.Dataset:
     config: the run's config.
     split: 'test' (--target_test), 'val' (the reward set) or 'train' (the
       k-shot training subset).
-    crops: 1 (one central crop) or 10 (`preprocess_ten_crop`).
+    crops: 1 (one central crop) or 10 (`preprocess_ten_crop`); a batch then
+      holds eval_batch_size / 10 images, so the model sees eval_batch_size
+      crops per call, as with one crop.
   """
   data = config.data
   if crops not in EVAL_CROPS:
@@ -874,4 +876,4 @@ def eval_dataset(config: Config, split: str, crops: int = 1) -> tf.data.Dataset:
   else:
     raise ValueError(f'--split={split!r}: use one of {EVAL_SPLITS}.')
   dataset = eval_preprocessed(records_, data, crops)
-  return dataset.batch(config.eval_batch_size).prefetch(AUTOTUNE)
+  return dataset.batch(max(1, config.eval_batch_size // crops)).prefetch(AUTOTUNE)

@@ -277,9 +277,10 @@ def _write_summaries(writer, run: runs.Run, metrics: dict, step: int) -> None:
       tf.summary.scalar('policy/lambda_entropy', run.policy.lambda_entropy())
       tf.summary.scalar('policy/alpha_entropy', run.policy.alpha_entropy())
       tf.summary.scalar('policy/expected_alpha', run.policy.expected_alpha())
-      # REINFORCE's Adam (alpha_s, and lambda under the paper's credit).
-      tf.summary.scalar('policy/learning_rate',
-                        tf.cast(run.policy.optimizer.learning_rate, tf.float32))
+      # REINFORCE's Adam (alpha_s, and lambda under the paper's credit); a replay has none.
+      if run.config.learns_policy:
+        tf.summary.scalar('policy/learning_rate',
+                          tf.cast(run.policy.optimizer.learning_rate, tf.float32))
       if run.policy.per_class_credit:
         tf.summary.scalar('policy/lambda_credit_learning_rate', run.policy.credit_rate)
       tf.summary.histogram('policy/expected_lambda', run.policy.expected_lambda())

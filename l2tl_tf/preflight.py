@@ -401,7 +401,8 @@ def check_reward_classes(dataset: DatasetCheck, scan: Scan) -> None:
                      f'without any: {missing[:10].tolist()}, of --target_num_classes='
                      f'{dataset.num_classes}); the AUC reward and validation curves need '
                      'positives of every class. Rebuild the reward split with some (for '
-                     'CheXpert, another --reward_fraction or --seed of convert_chexpert.py).')
+                     'CheXpert, another --reward_fraction or --seed of convert_chexpert.py, '
+                     'into a new --output_dir).')
   if missing.size:
     raise ValueError(f'{dataset.name} has no example of target class {missing[0]} (classes '
                      f'without any: {missing[:10].tolist()}, of --target_num_classes='

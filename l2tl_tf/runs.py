@@ -53,8 +53,8 @@ def check_run_dir(config: Config) -> None:
   directory whose run failed before its first checkpoint holds nothing to
   resume, so a retry with corrected settings starts over there.
   """
-  blocking = {k: v for k, v in setting_changes(config).items()
-              if k not in config_lib.RESUMABLE_CHANGES}
+  blocking = {k: (old, new) for k, (old, new) in setting_changes(config).items()
+              if not config_lib.resumable_change(k, old, new)}
   if blocking and tf.train.latest_checkpoint(config.model_dir):
     listed = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(blocking.items()))
     raise ValueError(f'--model_dir={config.model_dir} holds a run with other settings '

@@ -125,3 +125,19 @@ def test_a_second_conversion_into_the_same_folder_is_refused(tmp_path):
       'class_names.txt', 'train-00000-of-00002', 'train-00001-of-00002']
   with pytest.raises(ValueError, match=r'2 file\(s\) already match .*train-\*'):
     chexpert_data.write_records(rows, str(tmp_path), prefix, num_shards=3)
+
+
+def test_the_script_checks_every_split_before_writing_any(tmp_path):
+  """An old valid-* alone must stop the conversion before hours of train-* are written."""
+  train_csv = _write_dataset(tmp_path)
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'valid-00000-of-00001').write_bytes(b'')
+  completed = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'data', 'convert_chexpert.py'),
+       f'--image_root={tmp_path}', f'--train_csv={train_csv}', f'--valid_csv={train_csv}',
+       f'--output_dir={out}', '--reward_fraction=0.2'],
+      env=QUIET_ENV, capture_output=True, text=True, cwd=ROOT)
+  assert completed.returncode != 0
+  assert 'already match' in completed.stderr and 'valid-*' in completed.stderr
+  assert sorted(os.listdir(out)) == ['valid-00000-of-00001']

@@ -108,3 +108,19 @@ def test_an_ensemble_averages_the_newest_kept_checkpoints(three_checkpoints):
 def test_an_ensemble_larger_than_the_kept_checkpoints_is_refused(three_checkpoints):
   with pytest.raises(ValueError, match=r'--ensemble_checkpoints=4 but .* keeps 3 checkpoint'):
     evaluation.evaluate(three_checkpoints, num_checkpoints=4)
+
+
+def test_a_relative_model_dir_evaluates_as_an_absolute_one(three_checkpoints, monkeypatch):
+  """Checkpoint paths come back joined to model_dir already: joined once more they broke
+  `evaluate --model_dir=runs/x` (the README's command and the demo's default)."""
+  absolute = evaluation.evaluate(three_checkpoints, num_checkpoints=2)
+  monkeypatch.chdir(os.path.dirname(three_checkpoints))
+  relative = evaluation.evaluate(os.path.basename(three_checkpoints), num_checkpoints=2)
+  assert relative == absolute
+
+
+def test_ten_crop_batches_hold_a_tenth_of_the_images(three_checkpoints):
+  run = runs.restore_for_inference(three_checkpoints)
+  assert run.config.eval_batch_size == 16
+  images, _ = next(iter(input_pipeline.eval_dataset(run.config, 'test', crops=10)))
+  assert images.shape[:2] == (1, 10)

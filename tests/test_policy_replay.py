@@ -119,3 +119,17 @@ def test_a_learned_run_that_does_not_fit_is_refused_before_training(learned, pre
   with pytest.raises(ValueError, match=message):
     preflight.check(config, tf.distribute.get_strategy())
   assert not (tmp_path / 'replay').exists()
+
+
+def test_a_resume_cannot_switch_between_learning_and_replaying(learned, tmp_path):
+  """Adding --policy_from to a learning run would freeze its policy; dropping it from a
+  replay would start learning. Both are refused before anything is written."""
+  learning = _replay_config(learned, tmp_path / 'learning', policy_from='',
+                            data=learned.data, train_steps=3)
+  _quiet(learning)
+  with pytest.raises(ValueError, match="policy_from: '' -> "):
+    _quiet(dataclasses.replace(learning, policy_from=learned.model_dir, train_steps=6))
+  replay = _replay_config(learned, tmp_path / 'replay', train_steps=3)
+  _quiet(replay)
+  with pytest.raises(ValueError, match="policy_from: '.*' -> ''"):
+    _quiet(dataclasses.replace(replay, policy_from='', data=learned.data, train_steps=6))
