@@ -4,8 +4,9 @@ Each record is a `tf.train.Example` with `image/encoded` (PNG or JPEG bytes)
 and `image/class/label` (int64), the feature names of the ImageNet TFRecords
 that TPU reference models read. A multi-label target (CheXpert) stores the ids
 of an image's positive classes in the same feature, any number of them (none
-included), so a single-label file also reads as a multi-label one. Builders in `data/`, the demo and the tests all
-write through `write_image_records`, so the reader has one format to trust.
+included), so a single-label file also reads as a multi-label one. Builders in
+`data/`, the demo and the tests all write through `write_image_records`, so
+the reader has one format to trust.
 """
 
 import os

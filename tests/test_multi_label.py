@@ -211,7 +211,8 @@ def test_target_loss_is_the_mean_of_per_class_sigmoid_cross_entropies(multi_labe
   probabilities = 1 / (1 + np.exp(-logits))
   expected = -np.mean(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities),
                       axis=-1)
-  loss = run.trainer._target_per_example_loss(tf.constant(labels), tf.constant(logits))  # pylint: disable=protected-access
+  loss = run.trainer._target_per_example_loss(  # pylint: disable=protected-access
+      tf.constant(labels), tf.constant(logits))
   np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
 
 
