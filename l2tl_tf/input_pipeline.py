@@ -706,12 +706,15 @@ def target_train_dataset(config: Config, subsets: TargetSubsets,
                          input_context=None, start_step: int = 0) -> tf.data.Dataset:
   """The target-train stream: B_T examples of the k-shot subset per step.
 
-  The subset is small and every input pipeline shards it by position. When
-  its resized images fit in `TARGET_IN_MEMORY_BYTES` and the crop is not
-  Inception's, they are decoded once and each batch is gathered and augmented
-  in a few ops (`_resized_target_batches`); otherwise the encoded bytes are
-  cached and each image is decoded and augmented on its own. Both give the
-  same batches.
+  Every input pipeline shards the subset by position. When its resized
+  images fit in `TARGET_IN_MEMORY_BYTES` and the crop is not Inception's,
+  they are decoded once and each batch is gathered and augmented in a few ops
+  (`_resized_target_batches`); otherwise the encoded bytes are cached and
+  each image is decoded and augmented on its own. Both give the same batches.
+  A subset larger than --shuffle_buffer (a full-size target such as
+  Food-101's 75,750 or CheXpert's 223,000 images, which no k-shot subset is)
+  streams from its files instead, shuffled in a --shuffle_buffer window like
+  the source, rather than being cached and shuffled whole in host memory.
   """
   data = config.data
   seed = _pipeline_seed(config.seed, 2, input_context)
@@ -727,7 +730,10 @@ def target_train_dataset(config: Config, subsets: TargetSubsets,
   start = _batches_before(start_step, input_context)
   if shard_size and _resized_target_fits(config, len(subsets.train_indices)):
     return _resized_target_batches(dataset, shard_size, buffer, data, seed, batch, start)
-  dataset = dataset.cache().repeat().shuffle(buffer, seed=seed)
+  if buffer > data.shuffle_buffer:
+    dataset = dataset.repeat().shuffle(data.shuffle_buffer, seed=seed)
+  else:
+    dataset = dataset.cache().repeat().shuffle(buffer, seed=seed)
   return _augment_and_batch(dataset, data, seed, batch, start)
 
 

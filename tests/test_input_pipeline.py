@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from conftest import IMAGE_SIZE, striped_images, tiny_config
 from l2tl_tf import input_pipeline, records
-from l2tl_tf.config import Config, DataConfig
+from l2tl_tf.config import Config, DataConfig, Mode
 
 
 def test_parse_spec_tells_tfrecords_from_tfds():
@@ -400,3 +400,19 @@ def test_a_reward_set_too_large_for_memory_streams_the_same_batches(
     for (images, labels), (decoded, decoded_labels) in zip(fitted, streamed, strict=True):
       np.testing.assert_array_equal(images, decoded)
       np.testing.assert_array_equal(labels, decoded_labels)
+
+
+def test_a_target_larger_than_the_shuffle_buffer_streams_in_a_window(tmp_path):
+  """A full-size target (Food-101, CheXpert) is not cached and shuffled whole in memory:
+  like the source, it is shuffled in a --shuffle_buffer window of the file order."""
+  labels = np.arange(64)  # one example per class: a label is its position
+  pattern = records.write_image_records(str(tmp_path / 'train'),
+                                        np.zeros([64, IMAGE_SIZE, IMAGE_SIZE], np.uint8), labels)
+  data = DataConfig(target_train=pattern, target_num_classes=64, image_size=IMAGE_SIZE,
+                    num_channels=1, train_crop='inception', random_flip=False, shuffle_buffer=8)
+  config = Config(mode=Mode.FINETUNE, model_dir=str(tmp_path / 'run'), batch_size=4, data=data)
+  subsets = input_pipeline.target_subsets(config)
+  stream = input_pipeline.target_train_dataset(config, subsets)
+  batches = [batch_labels.numpy() for _, batch_labels in stream.take(48)]
+  assert batches[0].max() < 8 + 4  # drawn from the first window, not from all 64
+  assert set(np.concatenate(batches)) == set(labels)  # every example, epoch after epoch
