@@ -486,8 +486,8 @@ def target_subsets(config: Config) -> TargetSubsets:
   per-class subsets and carve-outs for it.
   """
   data = config.data
+  labels = scan_target_labels(data.target_train, data)
   if data.target_multi_label:
-    labels = scan_target_labels(data.target_train, data)
     missing = np.flatnonzero(labels.sum(axis=0) == 0)
     if missing.size:
       raise ValueError(f'--target_train={data.target_train} has no positive of target class '
@@ -496,7 +496,6 @@ def target_subsets(config: Config) -> TargetSubsets:
                        'positives to be learned. Add some, or drop the class.')
     return TargetSubsets(num_examples=len(labels), train_indices=np.arange(len(labels)),
                          val_indices=np.zeros([0], np.int64))
-  labels = scan_labels(data.target_train, data, data.target_label_offset)
   val_per_class = data.val_examples_per_class if not data.target_val else 0
   return choose_target_subsets(labels, data.target_num_classes, data.examples_per_class,
                                val_per_class, config.seed,
@@ -778,11 +777,6 @@ def reward_records(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:
     return target_records(data.target_val, data)
   return _take_positions(target_records(data.target_train, data),
                          subsets.val_indices, subsets.num_examples)
-
-
-def reward_examples(config: Config, subsets: TargetSubsets) -> tf.data.Dataset:
-  """The target-validation examples, decoded with evaluation preprocessing, unbatched."""
-  return eval_preprocessed(reward_records(config, subsets), config.data)
 
 
 # The most memory the reward set's decoded float32 images may take before the

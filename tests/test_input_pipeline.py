@@ -320,9 +320,12 @@ def test_global_batch_not_divisible_by_replicas_is_an_error(tiny_data, tmp_path)
 def test_carved_reward_set_is_decoded_with_eval_preprocessing(tiny_data, tmp_path):
   config = tiny_config(tiny_data, tmp_path)
   subsets = input_pipeline.target_subsets(config)
-  examples = list(input_pipeline.reward_examples(config, subsets).as_numpy_iterator())
+  def reward_examples():
+    return input_pipeline.eval_preprocessed(input_pipeline.reward_records(config, subsets),
+                                            config.data).as_numpy_iterator()
+  examples = list(reward_examples())
   assert len(examples) == 4 * 5
-  again = list(input_pipeline.reward_examples(config, subsets).as_numpy_iterator())
+  again = list(reward_examples())
   np.testing.assert_array_equal(examples[0][0], again[0][0])
 
 
